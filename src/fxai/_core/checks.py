@@ -1,0 +1,36 @@
+"""Argument checks shared by every public function: one clear message each."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_input(x, *, name: str = "x", min_ndim: int = 2, exact_ndim: int | None = None) -> torch.Tensor:
+    """Check that ``x`` is a floating batch tensor ``[B, ...]`` and return it."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor batch [B, C, H, W], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (e.g. x.float()), got dtype {x.dtype}")
+    if exact_ndim is not None and x.ndim != exact_ndim:
+        raise ValueError(f"{name} must have {exact_ndim} dimensions [B, C, H, W], got shape {tuple(x.shape)}"
+                         + (" (add a batch dimension with x[None])" if x.ndim == exact_ndim - 1 else ""))
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must be a batch [B, ...] with at least {min_ndim} dimensions, "
+                         f"got shape {tuple(x.shape)} (add a batch dimension with x[None])")
+    return x
+
+
+def check_positive_int(value, *, name: str, allow_none: bool = False):
+    """Check that ``value`` is a positive int (or None when allowed) and return it."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def check_choice(value, choices, *, name: str):
+    """Check that ``value`` is one of ``choices`` and return it."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value

@@ -1,0 +1,65 @@
+"""Turn an ``nn.Module`` into a pure function ``model_fn(params, x) -> logits``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+_STATEFUL_IN_TRAINING = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.AlphaDropout)
+
+
+class FunctionalModel:
+    """A module seen as a pure function of ``(params, x)``.
+
+    Calling it runs ``torch.func.functional_call(module, params, (x,))``: the
+    module's own parameters and buffers are never read or written, so the same
+    object can be differentiated, vmapped and compiled with respect to
+    ``params``. ``module`` is kept for layer access (CAM methods).
+    """
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, params, (x,))
+
+    def __repr__(self) -> str:
+        return f"FunctionalModel({type(self.module).__name__})"
+
+
+def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[FunctionalModel, dict[str, torch.Tensor]]:
+    """Split ``module`` into a pure ``model_fn`` and its ``params``.
+
+    ``model_fn(params, x)`` equals ``module(x)``; ``params`` is a dict of the
+    module's parameters **and** buffers, detached (``torch.func.functional_call``
+    takes both). The module is not mutated: its training flag, ``requires_grad``
+    flags, ``.grad`` and hooks stay as they were.
+
+    A module in training mode that holds BatchNorm or Dropout layers would mix
+    examples in a batch, write running statistics and draw random masks, which
+    breaks every guarantee of a pure function; it is refused unless
+    ``allow_training=True``.
+
+    Example:
+        >>> model_fn, params = fxai.functional(torchvision.models.resnet18().eval())
+        >>> logits = model_fn(params, torch.randn(2, 3, 64, 64))
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"functional(module): expected a torch.nn.Module, got {type(module).__name__}")
+    if not allow_training:
+        stateful = [name or type(module).__name__ for name, m in module.named_modules()
+                    if m.training and isinstance(m, _STATEFUL_IN_TRAINING)]
+        if stateful:
+            shown = ", ".join(stateful[:3]) + (", ..." if len(stateful) > 3 else "")
+            raise ValueError(
+                f"functional(module): the module is in training mode and has BatchNorm/Dropout layers ({shown}); "
+                "attributions need deterministic, per-example outputs. Call module.eval() first, "
+                "or pass allow_training=True if you really mean training-mode behaviour.")
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    params.update({name: b.detach() for name, b in module.named_buffers()})
+    return FunctionalModel(module), params

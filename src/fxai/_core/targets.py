@@ -1,0 +1,129 @@
+"""Targets: which score of the model an attribution explains.
+
+A target is an ``int`` (one class for every input), a ``LongTensor[B]`` (one
+class per input), a ``LongTensor[B, K]`` (K classes per input, maps
+``[B, K, ...]``), ``None`` (the top-1 class on the clean input) or a callable
+``logits -> scores`` returning ``[B]`` (or ``[B, K]``) from the logits of the
+batch, for segmentation masks, boxes or softmax scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.func import vmap
+
+TargetLike = int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A validated target for a batch of ``batch`` inputs.
+
+    Exactly one form is set: ``index`` (``LongTensor[B, K]``), ``fn`` (a
+    callable on logits), or neither for top-1. ``multi`` says whether maps carry
+    a K axis.
+    """
+
+    batch: int
+    index: torch.Tensor | None = None
+    fn: Callable | None = None
+    multi: bool = False
+
+    @property
+    def top1(self) -> bool:
+        return self.index is None and self.fn is None
+
+    def scores(self, logits: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Scores ``[n]`` (or ``[n, K]``) of ``n`` stacked rows of logits.
+
+        Row ``i`` of ``logits`` belongs to input ``(start + i) % batch``: inputs
+        may be stacked as repeats (noise samples, path steps) of the batch.
+        """
+        if self.fn is not None:
+            return _call_fn(self.fn, logits, self.group)
+        if logits.ndim != 2:
+            raise ValueError(f"target: a class-index target needs logits [B, classes], got logits of shape "
+                             f"{tuple(logits.shape)}; pass a callable target to reduce them to scores")
+        if self.index is None:
+            index = logits.detach().argmax(-1, keepdim=True)
+        else:
+            _check_range(self.index, logits.shape[-1])
+            rows = torch.arange(start, start + logits.shape[0], device=self.index.device) % self.batch
+            index = self.index.index_select(0, rows).to(logits.device)
+        out = logits.gather(1, index)
+        return out if self.multi else out.squeeze(1)
+
+    def fixed(self, model_fn, params, x: torch.Tensor) -> "Target":
+        """This target with top-1 resolved on the clean input ``x`` (one forward, no gradient)."""
+        if not self.top1:
+            return self
+        with torch.no_grad():
+            logits = model_fn(params, x)
+        check_logits(logits, x)
+        return Target(self.batch, index=logits.argmax(-1, keepdim=True).detach())
+
+    @property
+    def group(self) -> int:
+        """Smallest number of stacked rows that can be scored alone (a whole batch for callables)."""
+        return getattr(self.fn, "rows_per_group", self.batch) if self.fn is not None else 1
+
+
+def as_target(target: TargetLike, x: torch.Tensor, *, name: str = "target") -> Target:
+    """Validate ``target`` for the batch ``x`` and return a :class:`Target`."""
+    batch = x.shape[0]
+    if target is None:
+        return Target(batch)
+    if callable(target) and not isinstance(target, torch.Tensor):
+        return Target(batch, fn=target)
+    if isinstance(target, bool):
+        raise TypeError(f"{name} must be an int, a LongTensor [B] or [B, K], None or a callable; got a bool")
+    if isinstance(target, int):
+        if target < 0:
+            raise ValueError(f"{name} must be a non-negative class index, got {target}")
+        return Target(batch, index=torch.full((batch, 1), target, dtype=torch.long, device=x.device))
+    if isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer class indices, got dtype {target.dtype}")
+        if target.ndim == 0:
+            return as_target(int(target), x, name=name)
+        if target.ndim > 2 or target.shape[0] != batch:
+            raise ValueError(f"{name} must have shape [B] or [B, K] with B = {batch} (the batch of x), "
+                             f"got shape {tuple(target.shape)}")
+        if target.numel() and int(target.min()) < 0:
+            raise ValueError(f"{name} holds negative class indices (min {int(target.min())})")
+        index = target.long().to(x.device)
+        return Target(batch, index=index if target.ndim == 2 else index[:, None], multi=target.ndim == 2)
+    raise TypeError(f"{name} must be an int, a LongTensor [B] or [B, K], None or a callable logits -> scores; "
+                    f"got {type(target).__name__}")
+
+
+def check_logits(logits, x: torch.Tensor) -> None:
+    """Check that ``model_fn`` returned a batch of outputs for the batch ``x``."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"model_fn must return a tensor of logits, got {type(logits).__name__}")
+    if logits.ndim == 0 or logits.shape[0] != x.shape[0]:
+        raise ValueError(f"model_fn returned shape {tuple(logits.shape)} for an input batch of {x.shape[0]}; "
+                         "x must be a batch [B, C, H, W] and model_fn must return [B, classes]")
+
+
+def _check_range(index: torch.Tensor, classes: int) -> None:
+    if torch.compiler.is_compiling():
+        return
+    if index.numel() and int(index.max()) >= classes:
+        raise ValueError(f"target: class index {int(index.max())} is out of range for a model with {classes} outputs")
+
+
+def _call_fn(fn, logits, group):
+    n = logits.shape[0]
+    if n == group:
+        out = fn(logits)
+    else:
+        out = vmap(fn)(logits.reshape(n // group, group, *logits.shape[1:])).flatten(0, 1)
+    if not isinstance(out, torch.Tensor) or out.ndim not in (1, 2) or out.shape[0] != n:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"target: a callable target must return scores [B] or [B, K] for logits of batch B; got {got}")
+    return out
+

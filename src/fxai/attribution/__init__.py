@@ -1,0 +1,1 @@
+"""Attribution methods: pure functions ``(model_fn, params, x, target, *, options) -> map``."""
