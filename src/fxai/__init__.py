@@ -21,11 +21,45 @@ from .attribution.integrated import path_rule as path_rule
 from .attribution.smooth import smoothgrad as smoothgrad
 from .attribution.smooth import smoothgrad_sq as smoothgrad_sq
 from .attribution.smooth import vargrad as vargrad
+from .attribution.cam import cam as cam
+from .attribution.cam import eigen_cam as eigen_cam
+from .attribution.cam import eigen_grad_cam as eigen_grad_cam
+from .attribution.cam import full_grad as full_grad
+from .attribution.cam import grad_cam as grad_cam
+from .attribution.cam import grad_cam_plus_plus as grad_cam_plus_plus
+from .attribution.cam import guided_grad_cam as guided_grad_cam
+from .attribution.cam import hires_cam as hires_cam
+from .attribution.cam import layer_cam as layer_cam
+from .attribution.cam import xgrad_cam as xgrad_cam
+from .attribution.perturbation import ablation_cam as ablation_cam
+from .attribution.perturbation import occlusion as occlusion
+from .attribution.perturbation import rise as rise
+from .attribution.perturbation import score_cam as score_cam
+from . import postprocess as postprocess
+from . import registry as registry
+from . import metrics as metrics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FunctionalModel",
+    "ablation_cam",
+    "cam",
+    "eigen_cam",
+    "eigen_grad_cam",
+    "full_grad",
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "guided_grad_cam",
+    "hires_cam",
+    "layer_cam",
+    "metrics",
+    "occlusion",
+    "postprocess",
+    "registry",
+    "rise",
+    "score_cam",
+    "xgrad_cam",
     "deconvnet",
     "expected_gradients",
     "functional",

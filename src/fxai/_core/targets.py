@@ -92,7 +92,7 @@ def as_target(target: TargetLike, x: torch.Tensor, *, name: str = "target") -> T
         if target.ndim > 2 or target.shape[0] != batch:
             raise ValueError(f"{name} must have shape [B] or [B, K] with B = {batch} (the batch of x), "
                              f"got shape {tuple(target.shape)}")
-        if target.numel() and int(target.min()) < 0:
+        if target.numel() and not torch.compiler.is_compiling() and int(target.min()) < 0:
             raise ValueError(f"{name} holds negative class indices (min {int(target.min())})")
         index = target.long().to(x.device)
         return Target(batch, index=index if target.ndim == 2 else index[:, None], multi=target.ndim == 2)

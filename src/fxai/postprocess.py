@@ -1,0 +1,95 @@
+"""Explicit post-processing of raw maps: channel reduction, normalisation, clipping.
+
+Methods return raw maps; nothing here is applied behind the user's back. Every
+function works per input (over all dimensions but the leading ``batch_dims``),
+so maps stay comparable only when you choose so.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._core.checks import check_choice
+
+REDUCTIONS = ("sum", "mean", "abs_sum", "abs_max", "l2", "max")
+
+
+def reduce_channels(amap: torch.Tensor, how: str = "sum", *, dim: int = -3) -> torch.Tensor:
+    r"""Collapse the channel axis of a pixel map ``[..., C, H, W] -> [..., H, W]``.
+
+    ``how``: ``"sum"`` (signed, keeps completeness), ``"mean"``, ``"abs_sum"``
+    (:math:`\sum_c |a_c|`), ``"abs_max"`` (:math:`\max_c |a_c|`, Simonyan et al.),
+    ``"l2"`` (:math:`\lVert a \rVert_2` over channels) or ``"max"``.
+
+    Example:
+        >>> heat = fxai.postprocess.reduce_channels(fxai.gradient(model_fn, params, x), "abs_max")
+    """
+    check_choice(how, REDUCTIONS, name="how")
+    if how == "sum":
+        return amap.sum(dim)
+    if how == "mean":
+        return amap.mean(dim)
+    if how == "abs_sum":
+        return amap.abs().sum(dim)
+    if how == "abs_max":
+        return amap.abs().amax(dim)
+    if how == "l2":
+        return amap.square().sum(dim).sqrt()
+    return amap.amax(dim)
+
+
+def _flat(amap: torch.Tensor, batch_dims: int) -> torch.Tensor:
+    return amap.flatten(batch_dims) if amap.ndim > batch_dims else amap.reshape(*amap.shape, 1)
+
+
+def _per_map(values: torch.Tensor, amap: torch.Tensor, batch_dims: int) -> torch.Tensor:
+    return values.reshape(*amap.shape[:batch_dims], *([1] * (amap.ndim - batch_dims)))
+
+
+def normalize(amap: torch.Tensor, mode: str = "minmax", *, batch_dims: int = 1, eps: float = 1e-12) -> torch.Tensor:
+    r"""Rescale each map: ``"minmax"`` to [0, 1], ``"maxabs"`` to [-1, 1] keeping 0 and the sign, ``"sum"`` to unit L1 mass.
+
+    .. math:: \mathrm{minmax}(a) = \frac{a - \min a}{\max a - \min a},\quad
+              \mathrm{maxabs}(a) = \frac{a}{\max |a|}
+
+    A constant map becomes zeros. ``batch_dims`` leading axes index separate
+    maps (2 for ``[B, K, H, W]``).
+
+    Example:
+        >>> fxai.postprocess.normalize(cam, "minmax")
+    """
+    check_choice(mode, ("minmax", "maxabs", "sum"), name="mode")
+    flat = _flat(amap, batch_dims)
+    if mode == "minmax":
+        lo, hi = flat.amin(-1), flat.amax(-1)
+        lo_, span = _per_map(lo, amap, batch_dims), _per_map(hi - lo, amap, batch_dims)
+        return torch.where(span > eps, (amap - lo_) / span.clamp_min(eps), torch.zeros_like(amap))
+    scale = flat.abs().amax(-1) if mode == "maxabs" else flat.abs().sum(-1)
+    scale = _per_map(scale, amap, batch_dims)
+    return torch.where(scale > eps, amap / scale.clamp_min(eps), torch.zeros_like(amap))
+
+
+def clip_percentile(amap: torch.Tensor, low: float = 0.0, high: float = 99.0, *, batch_dims: int = 1) -> torch.Tensor:
+    """Clip each map to its ``[low, high]`` percentiles (e.g. 99 as in SmoothGrad's figures).
+
+    Example:
+        >>> fxai.postprocess.clip_percentile(fxai.postprocess.reduce_channels(g, "abs_sum"), 0, 99)
+    """
+    if not 0 <= low <= high <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low <= high <= 100, got low={low}, high={high}")
+    flat = _flat(amap, batch_dims).to(torch.float64 if amap.dtype == torch.float64 else torch.float32)
+    q = torch.quantile(flat, torch.tensor([low / 100, high / 100], dtype=flat.dtype, device=flat.device), dim=-1)
+    return torch.clamp(amap, _per_map(q[0], amap, batch_dims).to(amap.dtype), _per_map(q[1], amap, batch_dims).to(amap.dtype))
+
+
+def positive(amap: torch.Tensor) -> torch.Tensor:
+    """Keep the positive evidence: ``max(a, 0)`` (the final ReLU of Grad-CAM)."""
+    return amap.clamp(min=0)
+
+
+def upsample(amap: torch.Tensor, size: tuple[int, int], *, mode: str = "bilinear") -> torch.Tensor:
+    """Resize maps ``[..., h, w]`` to ``size`` (bilinear, ``align_corners=False``), keeping leading axes."""
+    lead = amap.shape[:-2]
+    out = torch.nn.functional.interpolate(amap.reshape(-1, 1, *amap.shape[-2:]), size=tuple(size), mode=mode,
+                                          align_corners=False if mode in ("bilinear", "bicubic") else None)
+    return out.reshape(*lead, *out.shape[-2:])
