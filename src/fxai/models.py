@@ -1,0 +1,38 @@
+"""Small reference models: the CNN the demo trains on the synthetic dataset."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """Four 3×3 conv blocks (conv, BatchNorm, ReLU; two with stride 2), global average pooling, one linear layer.
+
+    ``features`` is the last convolutional block (a good CAM layer, at 1/4 of
+    the input resolution); the GAP + linear head makes CAM apply as published.
+
+    Example:
+        >>> model = fxai.models.SmallCNN(classes=4).eval()
+        >>> model(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, classes: int = 4, *, channels: int = 3, width: int = 32):
+        super().__init__()
+
+        def block(cin, cout, stride):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                                 nn.BatchNorm2d(cout), nn.ReLU())
+
+        self.stem = nn.Sequential(block(channels, width, 1), block(width, width, 2), block(width, 2 * width, 2))
+        self.features = block(2 * width, 2 * width, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(self.stem(x))).flatten(1))
+
+
+def small_cnn(classes: int = 4, **options) -> SmallCNN:
+    """A :class:`SmallCNN` with random weights (a factory for ``fxai explain --model fxai.models:small_cnn``)."""
+    return SmallCNN(classes, **options)

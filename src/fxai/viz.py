@@ -1,0 +1,221 @@
+"""Plots: heat maps over images, grids of maps, metric curves.
+
+Figures are ``matplotlib.figure.Figure`` objects drawn on the Agg canvas
+(no pyplot, no global backend change, no display needed); :func:`save` writes
+them as PNG. Maps are shown after an explicit choice of sign and percentile
+clipping (see :mod:`fxai.postprocess`), never silently min–max normalised.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import postprocess
+from ._core.checks import check_choice
+
+SIGNS = ("positive", "negative", "absolute", "all")
+
+
+def _image_rgb(image) -> np.ndarray:
+    """``[C, H, W]`` (C = 1, 3 or 4) or ``[H, W]`` tensor/array in [0, 1] -> float array ``[H, W, 3]``."""
+    img = torch.as_tensor(image).detach().to("cpu", torch.float32)
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3 or img.shape[0] not in (1, 3, 4):
+        raise ValueError(f"image must be [C, H, W] with C in (1, 3, 4) or [H, W], got shape {tuple(img.shape)}")
+    img = img[:3] if img.shape[0] == 4 else img.expand(3, -1, -1)
+    return img.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _heat(amap, reduce: str | None, sign: str) -> torch.Tensor:
+    amap = torch.as_tensor(amap).detach().to("cpu", torch.float32)
+    if amap.ndim == 3:
+        amap = postprocess.reduce_channels(amap, reduce or ("abs_sum" if sign == "absolute" else "sum"), dim=0)
+    if amap.ndim != 2:
+        raise ValueError(f"map must be [H, W] or [C, H, W], got shape {tuple(amap.shape)}")
+    return amap
+
+
+def scale_map(amap, *, sign: str = "positive", clip: float = 99.0, reduce: str | None = None) -> torch.Tensor:
+    r"""A map ``[H, W]`` (or ``[C, H, W]``, reduced over channels) scaled for display.
+
+    ``sign``: ``"positive"`` shows :math:`\max(a, 0)`, ``"negative"`` shows
+    :math:`\max(-a, 0)`, ``"absolute"`` shows :math:`|a|` (all in [0, 1]);
+    ``"all"`` keeps the sign, in [-1, 1] (for a diverging colormap, 0 stays 0).
+    Values above the ``clip`` percentile of the shown magnitudes are clipped
+    (``clip=100`` keeps the maximum), then divided by the largest one.
+    ``reduce`` collapses channels (:func:`fxai.postprocess.reduce_channels`;
+    default ``"abs_sum"`` for ``"absolute"``, else ``"sum"``).
+
+    Example:
+        >>> fxai.viz.scale_map(torch.tensor([[-2.0, 1.0], [0.0, 4.0]]), sign="all", clip=100)
+        tensor([[-0.5000,  0.2500],
+                [ 0.0000,  1.0000]])
+    """
+    check_choice(sign, SIGNS, name="sign")
+    if not isinstance(clip, (int, float)) or not 0 < clip <= 100:
+        raise ValueError(f"clip must be a percentile in (0, 100], got {clip!r}")
+    heat = _heat(amap, reduce, sign)
+    shown = {"positive": heat, "negative": -heat, "absolute": heat.abs(), "all": heat}[sign]
+    magnitude = shown.abs() if sign == "all" else postprocess.positive(shown)
+    magnitude = postprocess.clip_percentile(magnitude[None], 0.0, float(clip))[0]
+    scaled = postprocess.normalize(magnitude[None], "maxabs")[0]
+    return scaled * heat.sign() if sign == "all" else scaled
+
+
+def colorize(amap, *, sign: str = "positive", cmap: str | None = None, clip: float = 99.0,
+             reduce: str | None = None) -> np.ndarray:
+    """A map as an RGB array ``[H, W, 3]`` in [0, 1] through a matplotlib colormap.
+
+    ``cmap`` defaults to ``"jet"``, or ``"bwr"`` (diverging, white at 0) for
+    ``sign="all"``. Other arguments as :func:`scale_map`.
+
+    Example:
+        >>> rgb = fxai.viz.colorize(cam[0], cmap="inferno")
+    """
+    import matplotlib
+
+    scaled = scale_map(amap, sign=sign, clip=clip, reduce=reduce).numpy()
+    values = (scaled + 1) / 2 if sign == "all" else scaled
+    colormap = matplotlib.colormaps[cmap or ("bwr" if sign == "all" else "jet")]
+    return colormap(values)[..., :3].astype(np.float32)
+
+
+def overlay(image, amap, *, alpha: float = 0.5, sign: str = "positive", cmap: str | None = None,
+            clip: float = 99.0, reduce: str | None = None) -> np.ndarray:
+    r"""The map blended over the image: :math:`(1 - \alpha)\,\mathrm{image} + \alpha\,\mathrm{cmap}(\mathrm{map})`.
+
+    Args:
+        image: ``[C, H, W]`` (C = 1, 3 or 4; values in [0, 1], not normalised) or ``[H, W]``.
+        amap: ``[H, W]`` or ``[C, H, W]`` map of the same spatial size (resize
+            with :func:`fxai.postprocess.upsample` first if needed).
+        alpha: weight of the colour map, in [0, 1].
+        Others as :func:`colorize`.
+
+    Returns:
+        An RGB float array ``[H, W, 3]`` in [0, 1].
+
+    Example:
+        >>> rgb = fxai.viz.overlay(x[0], fxai.gradient(model_fn, params, x)[0], sign="absolute")
+    """
+    if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    rgb = _image_rgb(image)
+    colours = colorize(amap, sign=sign, cmap=cmap, clip=clip, reduce=reduce)
+    if colours.shape[:2] != rgb.shape[:2]:
+        raise ValueError(f"map of size {colours.shape[:2]} does not match image of size {rgb.shape[:2]}; "
+                         "resize it with fxai.postprocess.upsample(map, size)")
+    return ((1 - alpha) * rgb + alpha * colours).astype(np.float32)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def grid(images, maps: Mapping[str, object] | None = None, *, masks=None, row_titles: Sequence[str] | None = None,
+         alpha: float = 0.5, sign: str | Mapping[str, str] = "positive", cmap: str | None = None,
+         clip: float = 99.0, cell: float = 1.6, title: str | None = None):
+    """A grid figure: one row per image; columns are the image, its mask (if given) and each named map over it.
+
+    Args:
+        images: ``[B, C, H, W]`` in [0, 1].
+        maps: ``{column title: maps [B, H, W] or [B, C, H, W]}``, in column order.
+        masks: optional ``[B, H, W]`` ground truth, shown as a column.
+        row_titles: one label per row.
+        sign: one sign for every column, or ``{column title: sign}`` (default ``"positive"``).
+        Others as :func:`overlay`; ``cell`` is the size of one panel in inches.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` (save it with :func:`save`).
+
+    Example:
+        >>> fig = fxai.viz.grid(x, {"gradient": g, "IG": ig}, sign="absolute")
+        >>> fxai.viz.save(fig, "grid.png")
+    """
+    images = torch.as_tensor(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must be a batch [B, C, H, W], got shape {tuple(images.shape)}")
+    maps = dict(maps or {})
+    rows = images.shape[0]
+    for name, m in maps.items():
+        if torch.as_tensor(m).shape[0] != rows:
+            raise ValueError(f"maps[{name!r}] has {torch.as_tensor(m).shape[0]} rows for {rows} images")
+    if row_titles is not None and len(row_titles) != rows:
+        raise ValueError(f"row_titles has {len(row_titles)} labels for {rows} images")
+    columns = ["input"] + (["ground truth"] if masks is not None else []) + list(maps)
+    fig = _figure(cell * len(columns), cell * rows + (0.4 if title else 0.1))
+    axes = fig.subplots(rows, len(columns), squeeze=False)
+    for r in range(rows):
+        panels = [_image_rgb(images[r])]
+        if masks is not None:
+            panels.append(overlay(images[r], torch.as_tensor(masks[r]).float(), alpha=0.6, cmap="gray", clip=100))
+        for name, m in maps.items():
+            s = sign.get(name, "positive") if isinstance(sign, Mapping) else sign
+            panels.append(overlay(images[r], torch.as_tensor(m)[r], alpha=alpha, sign=s, cmap=cmap, clip=clip))
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=8)
+            if c == 0 and row_titles is not None:
+                ax.set_ylabel(row_titles[r], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def curves(data: Mapping[str, tuple], *, title: str | None = None, xlabel: str = "fraction of pixels",
+           ylabel: str = "score", ax_titles: Sequence[str] | None = None):
+    """Line plots of metric curves: ``{label: (x [T], y [T])}``, or a list of such dicts for side-by-side panels.
+
+    Example:
+        >>> fig = fxai.viz.curves({"gradient": (fractions, scores)}, title="deletion")
+    """
+    panels = [data] if isinstance(data, Mapping) else list(data)
+    fig = _figure(4.2 * len(panels), 3.4)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for i, (ax, panel) in enumerate(zip(axes, panels)):
+        for label, (x, y) in panel.items():
+            ax.plot(np.asarray(torch.as_tensor(x).cpu()), np.asarray(torch.as_tensor(y).detach().cpu()),
+                    label=label, linewidth=1.3)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax_titles is not None:
+            ax.set_title(ax_titles[i], fontsize=10)
+        if panel:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path) -> str:
+    """Write ``fig`` as a PNG at ``path`` (parent folders are created) and return the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def save_rgb(rgb: np.ndarray, path) -> str:
+    """Write an RGB float array ``[H, W, 3]`` in [0, 1] (as from :func:`overlay`) as an 8-bit PNG."""
+    from PIL import Image
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(path, format="PNG")
+    return path

@@ -1,0 +1,242 @@
+"""The ``fxai`` command end to end: ``explain`` on real image files and saved weights, one-line errors, ``demo --quick``.
+
+Subprocess runs cost ~3 s of imports each, so there are four; the many bad-input
+cases run in-process through ``fxai.cli.main`` (the same code path, stderr captured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from fxai import cli, demo, registry
+
+TINY_MODEL = '''
+from torch import nn
+
+
+def tiny():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+
+def not_a_model():
+    return 42
+'''
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Images in four modes and sizes, a corrupt one, weights of a random resnet18 with 10 classes, a model module."""
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / "rgb.png")
+    Image.fromarray(rng.integers(0, 256, (36, 36), dtype=np.uint8)).save(root / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 4), dtype=np.uint8)).save(root / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)).convert("P").save(root / "palette.png")
+    (root / "corrupt.png").write_bytes(b"\x89PNG not really")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), root / "resnet18-10.pt")
+    (root / "garbage.pt").write_bytes(b"not a checkpoint")
+    (root / "mymodels.py").write_text(TINY_MODEL)
+    (root / "a_file").write_text("")
+    return root
+
+
+def _run(args, cwd, timeout=240):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fxai.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _png(path) -> np.ndarray:
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        return np.asarray(img.convert("RGB"))
+
+
+def test_explain_torchvision_model_with_weights_file(files):
+    methods = ["gradient", "integrated_gradients", "grad_cam"]
+    images = ["rgb.png", "gray.png", "rgba.png", "palette.png"]
+    proc = _run(["explain", *images, "--model", "resnet18", "--weights", "resnet18-10.pt", "--resize", "72", "64",
+                 "--method", ",".join(methods), "--target", "top2", "--out", "out1"], files)
+    assert proc.returncode == 0, proc.stderr
+    out = files / "out1"
+    lines = proc.stdout.splitlines()
+    for name in images:                                  # top predictions: 5 classes of the 10 with probabilities
+        line = next(ln for ln in lines if ln.startswith(name + ":"))
+        assert line.count("(") == 5
+    done = [m for m in methods if "not implemented" not in proc.stdout.split(m + ":")[-1].split("\n")[0]]
+    assert "gradient" in done and "integrated_gradients" in done
+    model = torchvision.models.resnet18(num_classes=10)
+    model.load_state_dict(torch.load(files / "resnet18-10.pt"))
+    for name in images:
+        stem = name[:-4]
+        for method in done:
+            raw = torch.load(out / f"{stem}_{method}.pt")
+            assert raw.shape == ((2, 3, 64, 64) if registry.METHODS[method].kind == "pixel" else (2, 64, 64))
+            assert torch.isfinite(raw).all() and raw.abs().sum() > 0
+            pngs = sorted(out.glob(f"{stem}_{method}_c*.png"))
+            assert len(pngs) == 2
+            for p in pngs:
+                pixels = _png(p)
+                assert pixels.shape == (64, 64, 3) and pixels.std() > 5
+    # The gradient map saved is the model's gradient for the top-1 class of the preprocessed image.
+    with Image.open(files / "rgb.png") as img:
+        x = torchvision.transforms.functional.to_tensor(
+            torchvision.transforms.functional.center_crop(torchvision.transforms.functional.resize(img, 72), 64))
+    x = ((x - torch.tensor(cli.IMAGENET_MEAN)[:, None, None]) / torch.tensor(cli.IMAGENET_STD)[:, None, None])[None]
+    x.requires_grad_(True)
+    logits = model.eval()(x)
+    logits[0, logits[0].argmax()].backward()
+    assert torch.allclose(torch.load(out / "rgb_gradient.pt")[0], x.grad[0], rtol=1e-4, atol=1e-6)
+    grid = _png(out / "grid.png")
+    assert grid.shape[0] > 8 * 100 and grid.std() > 10
+
+
+def test_explain_own_model_keep_size(files):
+    proc = _run(["explain", "rgb.png", "gray.png", "palette.png", "--model", "mymodels:tiny", "--keep-size",
+                 "--method", "gradient,guided_backprop", "--target", "1", "--sign", "all", "--out", "out2"], files)
+    assert proc.returncode == 0, proc.stderr
+    for stem, size in (("rgb", (40, 56)), ("gray", (36, 36)), ("palette", (50, 40))):
+        for method in ("gradient", "guided_backprop"):
+            assert _png(files / "out2" / f"{stem}_{method}.png").shape == (*size, 3)
+            assert torch.load(files / "out2" / f"{stem}_{method}.pt").shape == (3, *size)
+
+
+def test_explain_error_in_a_subprocess_is_one_line(files):
+    proc = _run(["explain", "corrupt.png", "--model", "mymodels:tiny", "--out", "out3"], files)
+    assert proc.returncode == cli.EXIT_ERROR
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "corrupt.png" in proc.stderr and "not a recognised image file" in proc.stderr
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["missing.png"], "image file not found: missing.png"),
+    (["corrupt.png"], "cannot read image corrupt.png"),
+    (["rgb.png", "--model", "resnet_999"], "unknown model 'resnet_999'"),
+    (["rgb.png", "--model", "nosuchpkg.mod:f"], "cannot import 'nosuchpkg.mod'"),
+    (["rgb.png", "--model", "mymodels:not_a_model"], "not a torch.nn.Module"),
+    (["rgb.png", "--model", "mymodels:tiny", "--method", "gradient,magic"], "unknown method 'magic'"),
+    (["rgb.png", "--model", "mymodels:tiny", "--method", "grad_cam", "--layer", "layer4"], "unknown layer 'layer4'"),
+    (["rgb.png", "--model", "mymodels:tiny", "--target", "7"], "--target 7 is out of range: the model has 5 classes"),
+    (["rgb.png", "--model", "mymodels:tiny", "--target", "top9"], "top9 asks for more classes"),
+    (["rgb.png", "--model", "mymodels:tiny", "--target", "best"], "--target must be a class index"),
+    (["rgb.png", "--model", "mymodels:tiny", "--weights", "garbage.pt"], "cannot read weights file garbage.pt"),
+    (["rgb.png", "--model", "mymodels:tiny", "--weights", "nope.pt"], "weights file not found: nope.pt"),
+    (["rgb.png", "--model", "mymodels:tiny", "--weights", "resnet18-10.pt"], "do not fit the model"),
+    (["rgb.png", "--model", "mymodels:tiny", "--out", "a_file/sub"], "output folder 'a_file/sub' is not writable"),
+    (["rgb.png", "--model", "mymodels:tiny", "--pretrained"], "--pretrained works with torchvision model names"),
+    (["rgb.png", "--model", "mymodels:tiny", "--mean", "0.5,x"], "--mean must be comma-separated numbers"),
+])
+def test_explain_bad_input_one_line_error(files, monkeypatch, capsys, args, expected):
+    monkeypatch.chdir(files)
+    monkeypatch.syspath_prepend(str(files))
+    code = cli.main(["explain", *args, "--out" if "--out" not in args else "--seed", "outbad" if "--out" not in args
+                     else "0"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR
+    assert err.startswith("fxai: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert expected in err
+
+
+def test_pretrained_offline_message(monkeypatch, capsys, files):
+    """Without network access (simulated), --pretrained says how to pass a local file."""
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.chdir(files)
+    code = cli.main(["explain", "rgb.png", "--model", "resnet18", "--pretrained", "--out", "outbad"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and err.count("\n") == 1
+    assert "cannot get the pretrained weights of resnet18" in err and "--weights FILE" in err
+    assert "https://download.pytorch.org/models/resnet18" in err
+
+
+def test_default_layer_is_the_last_conv_block():
+    x = torch.zeros(1, 3, 64, 64)
+    assert cli.default_layer(torchvision.models.resnet18(), x) == "layer4"
+    assert cli.default_layer(torchvision.models.mobilenet_v3_small(), x) == "features"
+    assert cli.default_layer(torchvision.models.vgg11(), x) == "features"
+
+
+def test_no_subcommand_prints_help(capsys):
+    assert cli.main([]) == 0
+    assert "fxai demo" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- demo
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    proc = _run(["demo", "--quick", "--out", "report", "--seed", "1", "--device", "cpu"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "report"
+    for name in ("grid.png", "curves.png"):
+        assert _png(out / name).std() > 10
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == set(registry.METHODS)
+    for name, row in results["methods"].items():
+        assert ("scores" in row) != ("skipped" in row or "error" in row), name
+        assert "error" not in row, (name, row)
+    scored = [n for n, r in results["methods"].items() if "scores" in r]
+    assert {"gradient", "integrated_gradients"} <= set(scored)
+    for name in scored:
+        scores = results["methods"][name]["scores"]
+        assert 0 <= scores["relevance mass"] <= 1 and scores["pointing game"] in [k / 8 for k in range(9)]
+    report = (out / "report.md").read_text()
+    assert "| gradient |" in report and "![coherence grid](grid.png)" in report
+    assert "gradient" in proc.stdout and "random (chance)" in proc.stdout
+    assert (out / "model.pt").exists()
+
+
+def test_training_resumes_to_the_same_weights(tmp_path):
+    config = demo.QUICK
+    path = str(tmp_path / "model.pt")
+    log = []
+    demo.train(config, seed=3, device=torch.device("cpu"), checkpoint=path, stop_after=5, progress=False, log=log.append)
+    resumed = demo.train(config, seed=3, device=torch.device("cpu"), checkpoint=path, progress=False, log=log.append)
+    straight = demo.train(config, seed=3, device=torch.device("cpu"), progress=False, log=log.append)
+    assert log == [f"resuming training from step 5 of {config.steps} ({path})"]
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    demo.train(config, seed=3, device=torch.device("cpu"), checkpoint=path, progress=False, log=log.append)
+    assert log[-1] == f"reusing the trained model in {path}"
+    demo.train(config, seed=4, device=torch.device("cpu"), checkpoint=path, stop_after=1, progress=False,
+               log=log.append)
+    assert log[-1] == f"{path} was trained with other settings; training again"
+
+
+def test_demo_localisation_scores_by_hand():
+    heat = torch.tensor([[[0.0, 1.0], [3.0, 0.0]], [[2.0, 2.0], [0.0, 0.0]]])
+    masks = torch.tensor([[[False, True], [False, False]], [[True, False], [False, True]]])
+    assert torch.allclose(demo.relevance_mass(heat, masks), torch.tensor([0.25, 0.5]))
+    assert torch.equal(demo.pointing_game(heat, masks), torch.tensor([0.0, 1.0]))
+    assert torch.allclose(demo.relevance_rank(heat, masks), torch.tensor([0.0, 0.5]))
+
+
+def test_demo_perturbation_curve_on_a_linear_model():
+    """A linear 2-class model: the probability after deleting/inserting the top-k pixels is known in closed form."""
+    w = torch.tensor([[1.0, 2.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+
+    def model_fn(params, x):
+        s = (x * w).flatten(1).sum(1)
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+    x = torch.tensor([[1.0, 3.0], [0.0, 0.0]]).view(1, 1, 2, 2)   # mean colour 1: the value of a removed pixel
+    heat = torch.tensor([[[1.0, 2.0], [0.0, 0.0]]])                # order: (0, 1), (0, 0), then the rest
+    fractions, deleted = demo.perturbation_curve(model_fn, None, x, torch.tensor([0]), heat, 4, insert=False)
+    _, inserted = demo.perturbation_curve(model_fn, None, x, torch.tensor([0]), heat, 4, insert=True)
+    assert torch.equal(fractions, torch.linspace(0, 1, 5))
+    assert torch.allclose(deleted[:, 0], torch.sigmoid(torch.tensor([7.0, 3, 3, 3, 3])))
+    assert torch.allclose(inserted[:, 0], torch.sigmoid(torch.tensor([3.0, 7, 7, 7, 7])))

@@ -1,0 +1,217 @@
+"""The contract every public method keeps, driven by ``fxai.registry.METHODS``.
+
+Each method runs on the tiny CNN with small options. Methods that still raise
+NotImplementedError are skipped, so their checks start as soon as they land.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ModuleSnapshot, active_modes, leftover_hooks, make_tiny_cnn
+
+import fxai
+from fxai.registry import METHODS
+
+LAYER = "layer4"
+B = 3
+
+# Small per-method options; layered methods also get ``layer``, randomised ones ``key``.
+OPTIONS = {
+    "integrated_gradients": {"steps": 4},
+    "expected_gradients": {"samples": 4},
+    "rise": {"num_masks": 8, "cell_size": 4},
+    "occlusion": {"window": (4, 4), "stride": 4},
+}
+
+
+def _references(x):
+    return torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(42))
+
+
+def options_for(info, x, key=0):
+    opts = dict(OPTIONS.get(info.name, {}))
+    if info.layered:
+        opts["layer"] = LAYER
+    if info.randomised:
+        opts["key"] = key
+    if "references" in info.needs:
+        opts["references"] = _references(x)
+    return opts
+
+
+def call(info, model_fn, params, x, target, **extra):
+    return info.fn(model_fn, params, x, target, **{**options_for(info, x), **extra})
+
+
+def expected_shape(info, x, k=None):
+    lead = (x.shape[0],) if k is None else (x.shape[0], k)
+    return lead + (tuple(x.shape[1:]) if info.kind == "pixel" else tuple(x.shape[2:]))
+
+
+@pytest.fixture(params=list(METHODS), ids=list(METHODS))
+def info(request):
+    return METHODS[request.param]
+
+
+TARGETS = torch.tensor([0, 4, 2])
+_OUTPUTS: dict = {}
+_OUTPUTS64: dict = {}
+
+
+@pytest.fixture
+def setup(info, tiny_input):
+    """A fresh tiny CNN, its functional form, and the method's map for TARGETS (computed once per method)."""
+    model = make_tiny_cnn()
+    model_fn, params = fxai.functional(model)
+    if info.name not in _OUTPUTS:
+        try:
+            _OUTPUTS[info.name] = call(info, model_fn, params, tiny_input, TARGETS)
+        except NotImplementedError:
+            _OUTPUTS[info.name] = None
+    if _OUTPUTS[info.name] is None:
+        pytest.skip(f"{info.name} is not implemented yet")
+    return model, model_fn, params, _OUTPUTS[info.name]
+
+
+def assert_maps_close(got, expected, rtol=1e-5):
+    """Close up to float reordering: ``rtol`` per element plus ``rtol`` of the map's largest value."""
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+
+
+def test_shape_dtype_finite(info, setup, tiny_input):
+    _, _, _, out = setup
+    assert out.shape == expected_shape(info, tiny_input)
+    assert out.dtype == tiny_input.dtype
+    assert torch.isfinite(out).all()
+    assert out.abs().sum() > 0
+
+
+def test_k_targets_shape(info, setup, tiny_input):
+    _, model_fn, params, _ = setup
+    out = call(info, model_fn, params, tiny_input, torch.tensor([[0, 1], [2, 3], [4, 0]]))
+    assert out.shape == expected_shape(info, tiny_input, 2)
+
+
+# Batch and chunk checks run in float64, where any logic error stands out of rounding noise.
+
+@pytest.fixture
+def setup64(info, setup, tiny_input):
+    model, _, _, _ = setup
+    model_fn, params = fxai.functional(model.double())
+    x = tiny_input.double()
+    if info.name not in _OUTPUTS64:
+        _OUTPUTS64[info.name] = call(info, model_fn, params, x, TARGETS)
+    assert _OUTPUTS64[info.name].dtype == torch.float64
+    return model_fn, params, x, _OUTPUTS64[info.name]
+
+
+def test_batch_equals_single_calls(info, setup64):
+    if info.randomised:
+        pytest.skip("a randomised method draws per batch; covered by the key and chunk tests")
+    model_fn, params, x, out = setup64
+    for i in range(B):
+        assert_maps_close(call(info, model_fn, params, x[i:i + 1], TARGETS[i:i + 1]), out[i:i + 1], rtol=1e-9)
+
+
+def test_chunked_equals_unchunked(info, setup64):
+    model_fn, params, x, out = setup64
+    assert_maps_close(call(info, model_fn, params, x, TARGETS, chunk_size=1), out, rtol=1e-9)
+
+
+def test_same_key_same_map_other_key_other_map(info, setup, tiny_input):
+    if not info.randomised:
+        pytest.skip("not randomised")
+    _, model_fn, params, out = setup
+    torch.testing.assert_close(call(info, model_fn, params, tiny_input, TARGETS, key=torch.Generator().manual_seed(0)),
+                               out, rtol=0, atol=0)
+    assert not torch.allclose(call(info, model_fn, params, tiny_input, TARGETS, key=1), out)
+    opts = options_for(info, tiny_input)
+    del opts["key"]
+    with pytest.raises(TypeError, match="key"):
+        info.fn(model_fn, params, tiny_input, TARGETS, **opts)
+
+
+def test_differentiable_wrt_params(info, setup, tiny_input):
+    model, model_fn, params, _ = setup
+    names = {k for k, _ in model.named_parameters()}
+    fixed = {k: v for k, v in params.items() if k not in names}
+
+    def loss(p):
+        return call(info, model_fn, {**p, **fixed}, tiny_input, TARGETS).square().sum()
+
+    grads = torch.func.grad(loss)({k: params[k] for k in names})
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert sum(g.abs().sum() for g in grads.values()) > 0
+
+    leaves = {k: params[k].clone().requires_grad_() for k in grads}
+    auto = torch.autograd.grad(loss(leaves), list(leaves.values()), allow_unused=True)
+    for g, a in zip(grads.values(), auto):
+        assert_maps_close(torch.zeros_like(g) if a is None else a, g, rtol=1e-4)
+
+
+def test_differentiable_wrt_input(info, setup, tiny_input):
+    _, model_fn, params, _ = setup
+    g = torch.func.grad(lambda x: call(info, model_fn, params, x, TARGETS).square().sum())(tiny_input)
+    assert g.shape == tiny_input.shape and torch.isfinite(g).all()
+
+
+def test_module_and_params_untouched(info, setup, tiny_input):
+    model, model_fn, params, _ = setup
+    model.fc.weight.grad = torch.full_like(model.fc.weight, 0.5)
+    model.conv1.bias.requires_grad_(False)
+    snap = ModuleSnapshot(model)
+    before = {k: v.clone() for k, v in params.items()}
+    call(info, model_fn, params, tiny_input, None)
+    snap.assert_unchanged()
+    for k, v in before.items():
+        assert torch.equal(params[k], v) and not params[k].requires_grad, k
+
+
+class Boom(Exception):
+    pass
+
+
+class Raiser(torch.nn.Module):
+    def forward(self, x):
+        raise Boom
+
+
+def test_nothing_left_after_an_exception(info, setup, tiny_input):
+    model, _, _, _ = setup
+    model.drop = Raiser()  # raises in the forward, after the tapped layer, inside any rule or hook
+    model_fn, params = fxai.functional(model)
+    with pytest.raises(Boom):
+        call(info, model_fn, params, tiny_input, TARGETS)
+    assert leftover_hooks(model) == [] and active_modes() == []
+
+
+def test_docstring(info):
+    doc = info.fn.__doc__ or ""
+    if "not implemented yet" in doc:
+        pytest.skip("stub")
+    assert "Example" in doc and ">>>" in doc, f"{info.name}: docstring needs a runnable example"
+    assert len(doc.split()) > 20
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+def _compiled_vs_eager(info, model, x, targets, backend="inductor"):
+    model_fn, params = fxai.functional(model)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, t: call(info, model_fn, params, x, t), backend=backend)
+    assert_maps_close(compiled(x, targets), call(info, model_fn, params, x, targets), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gradient", "guided_backprop"])
+def test_compiled_equals_eager_fast(name, tiny_input):
+    # Dynamo capture and AOT autograd (where rules and modes could break), without inductor's
+    # code generation, which takes ~30 s cold; the inductor check of every method is marked slow.
+    _compiled_vs_eager(METHODS[name], make_tiny_cnn(), tiny_input, TARGETS, backend="aot_eager")
+
+
+@pytest.mark.slow
+def test_compiled_equals_eager(info, setup, tiny_input):
+    model, _, _, _ = setup
+    _compiled_vs_eager(info, model, tiny_input, TARGETS)
