@@ -116,7 +116,7 @@ def test_batch_equals_single_calls(info, setup64):
 
 def test_chunked_equals_unchunked(info, setup64):
     model_fn, params, x, out = setup64
-    assert_maps_close(call(info, model_fn, params, x, TARGETS, chunk_size=1), out, rtol=1e-9)
+    assert_maps_close(call(info, model_fn, params, x, TARGETS, chunk_size=2), out, rtol=1e-9)
 
 
 def test_same_key_same_map_other_key_other_map(info, setup, tiny_input):
@@ -134,11 +134,12 @@ def test_same_key_same_map_other_key_other_map(info, setup, tiny_input):
 
 def test_differentiable_wrt_params(info, setup, tiny_input):
     model, model_fn, params, _ = setup
+    tiny_input = tiny_input[:2]
     names = {k for k, _ in model.named_parameters()}
     fixed = {k: v for k, v in params.items() if k not in names}
 
     def loss(p):
-        return call(info, model_fn, {**p, **fixed}, tiny_input, TARGETS).square().sum()
+        return call(info, model_fn, {**p, **fixed}, tiny_input, TARGETS[:2]).square().sum()
 
     grads = torch.func.grad(loss)({k: params[k] for k in names})
     assert all(torch.isfinite(g).all() for g in grads.values())
@@ -152,8 +153,9 @@ def test_differentiable_wrt_params(info, setup, tiny_input):
 
 def test_differentiable_wrt_input(info, setup, tiny_input):
     _, model_fn, params, _ = setup
-    g = torch.func.grad(lambda x: call(info, model_fn, params, x, TARGETS).square().sum())(tiny_input)
-    assert g.shape == tiny_input.shape and torch.isfinite(g).all()
+    x = tiny_input[:2]
+    g = torch.func.grad(lambda x: call(info, model_fn, params, x, TARGETS[:2]).square().sum())(x)
+    assert g.shape == x.shape and torch.isfinite(g).all()
 
 
 def test_module_and_params_untouched(info, setup, tiny_input):

@@ -22,9 +22,11 @@ def test_spearman_matches_scipy_with_ties():
     ref = torch.tensor([stats.spearmanr(a[i], b[i]).statistic for i in range(3)], dtype=torch.float64)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     c = torch.randn(3, 40, generator=g, dtype=torch.float64)
-    ref_abs = torch.tensor([stats.spearmanr(c[i].abs(), b[i].abs()).statistic for i in range(3)], dtype=torch.float64)
+    ref_abs = torch.tensor([stats.spearmanr(c[i].abs(), b[i].abs()).statistic for i in range(3)],
+                           dtype=torch.float64)
     torch.testing.assert_close(M.spearman(c, b, absolute=True), ref_abs, rtol=1e-12, atol=1e-12)
-    assert torch.equal(M.spearman(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, 1.0]])), torch.tensor([-1.0]))
+    rev = M.spearman(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, 1.0]]))
+    assert torch.equal(rev, torch.tensor([-1.0]))
 
 
 def test_ssim_matches_skimage():
@@ -76,7 +78,8 @@ def test_randomisation_stages_match_manual_randomisation(mode):
     for i, layer in enumerate(order):
         chosen = order[: i + 1] if mode == "cascading" else [layer]
         p = dict(params)
-        p.update({k: random[k] for k in random if k.split(".")[0] in chosen and k.rsplit(".", 1)[-1] in ("weight", "bias")})
+        p.update({k: random[k] for k in random
+                  if k.split(".")[0] in chosen and k.rsplit(".", 1)[-1] in ("weight", "bias")})
         ref = M.spearman(attr, fxai.gradient(model_fn, p, x, target))
         torch.testing.assert_close(got[:, i], ref)
     ssim = M.randomisation(model_fn, params, x, None, attr, method=fxai.gradient, mode=mode, key=7,

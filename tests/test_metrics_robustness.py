@@ -24,7 +24,9 @@ def fixed(noise):
 
 def test_infidelity_of_the_gradient_of_a_linear_model_is_zero():
     w = torch.randn(3, 8, 8, dtype=torch.float64)
-    model_fn = lambda p, x: torch.stack([(x * p["w"]).flatten(1).sum(1), torch.zeros(x.shape[0], dtype=x.dtype)], 1)  # noqa: E731
+    def model_fn(p, x):
+        return torch.stack([(x * p["w"]).flatten(1).sum(1), torch.zeros(x.shape[0], dtype=x.dtype)], 1)
+
     x = data()
     inf = M.infidelity(model_fn, {"w": w}, x, 0, w.expand_as(x), samples=8, sigma=0.1, key=0)
     torch.testing.assert_close(inf, torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-24)

@@ -87,5 +87,8 @@ def test_grid_and_curves_write_pngs(tmp_path):
     rgb = viz.overlay(images[0], maps["a"][0])
     saved = _png(viz.save_rgb(rgb, tmp_path / "o.png"))
     assert saved.shape == (16, 16, 3) and np.abs(saved / 255 - rgb).max() <= 0.5 / 255 + 1e-6
+    fig = viz.grid(images, maps, masks=masks, row_titles=["x", "y", "z"], transpose=True)
+    assert len(fig.axes) == 4 * 3 and [ax.get_title() for ax in fig.axes[:3]] == ["x", "y", "z"]
+    assert [ax.get_ylabel() for ax in fig.axes[::3]] == ["input", "ground truth", "a", "b"]
     with pytest.raises(ValueError, match="rows"):
         viz.grid(images, {"a": maps["a"][:2]})

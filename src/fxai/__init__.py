@@ -9,6 +9,7 @@ Every method is a pure function ``(model_fn, params, x, target, *, options) -> m
 
 from ._core.functional import FunctionalModel as FunctionalModel
 from ._core.functional import functional as functional
+from ._core.layers import split as split
 from ._core.rules import relu_rule as relu_rule
 from ._core.rules import with_relu_rule as with_relu_rule
 from .attribution.gradient import gradient as gradient
@@ -70,6 +71,7 @@ __all__ = [
     "path_rule",
     "relu_rule",
     "smoothgrad",
+    "split",
     "smoothgrad_sq",
     "vargrad",
     "with_relu_rule",

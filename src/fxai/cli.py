@@ -349,7 +349,7 @@ def _explain(args) -> int:
 
     from . import postprocess, viz
     from ._core.functional import functional
-    from .demo import resolve_device
+    from .demo import method_options, resolve_device
 
     methods = _parse_methods(args.method)
     mode, value = _parse_target(args.target)
@@ -416,14 +416,10 @@ def _explain(args) -> int:
         if needs_layer and layer is None:
             layer = default_layer(module, x)
             print(f"CAM layer: {layer} (choose another with --layer)")
+        references = torch.randn(8, *x.shape[1:], generator=torch.Generator().manual_seed(args.seed)).to(x)
         for info in methods:
-            options = {}
-            if info.layered:
-                options["layer"] = layer
-            if info.randomised:
-                options["key"] = args.seed
-            if "references" in info.needs:
-                options["references"] = x
+            options = method_options(info, size=shape[-2:], layer=layer, seed=args.seed, references=references,
+                                     chunk_size=64)
             try:
                 amap = info.fn(model_fn, params, x, target, **options).detach()
             except NotImplementedError:

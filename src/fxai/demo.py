@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import postprocess, registry, viz
+from . import metrics, postprocess, registry, viz
 from ._core.functional import functional
 from .data.synthetic import CLASS_NAMES, shapes
 from .models import SmallCNN
@@ -52,71 +52,29 @@ FULL = DemoConfig()
 QUICK = DemoConfig(size=16, width=8, steps=12, batch=32, test_count=64, explain_count=8, grid_rows=3,
                    curve_steps=6, method_scale=16, save_every=5)
 
-# Options that keep the costly methods quick here; each is passed only to a method whose signature takes it.
-_OPTIONS = {
+# Sample counts of the costly methods in the demo, divided by ``DemoConfig.method_scale``.
+_SCALED_OPTIONS = {
     "integrated_gradients": {"steps": 128},
     "expected_gradients": {"samples": 128},
-    "rise": {"masks": 4000, "samples": 4000},
-    "occlusion": {"window": 4, "stride": 2},
+    "rise": {"num_masks": 2000},
 }
 
 
 # ---------------------------------------------------------------- scores
-# The demo's metric list: {name: (fn, higher_is_better)}. Localisation scores take (heat [B, H, W] >= 0,
-# masks [B, H, W] bool) -> [B]; faithfulness curves take (model_fn, params, x, target, heat, steps) and return
-# (fractions [T], probabilities [T, B]). Swap an entry to switch metric.
-
-
-def relevance_mass(heat: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    r"""Share of the relevance inside the mask, :math:`\sum_{p \in M} R_p / \sum_p R_p` (Arras et al., 2022)."""
-    total = heat.flatten(1).sum(1)
-    inside = (heat * masks).flatten(1).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(1e-30), torch.zeros_like(total))
-
-
-def relevance_rank(heat: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Share of the ``|M|`` most relevant pixels that lie in the mask ``M`` (Arras et al., 2022)."""
-    flat, inside = heat.flatten(1), masks.flatten(1)
-    order = torch.argsort(flat, dim=1, descending=True, stable=True)
-    size = inside.sum(1, keepdim=True)
-    top = torch.arange(flat.shape[1], device=flat.device)[None] < size
-    return (inside.gather(1, order) & top).sum(1) / size[:, 0].clamp_min(1)
-
-
-def pointing_game(heat: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """1 where the most relevant pixel lies in the mask, else 0 (Zhang et al., 2018, without tolerance)."""
-    return masks.flatten(1).gather(1, heat.flatten(1).argmax(1, keepdim=True))[:, 0].float()
-
-
-def perturbation_curve(model_fn, params, x, target, heat, steps: int, *, insert: bool, chunk_size: int = 512):
-    """Target probability as the most relevant pixels are deleted (set to the image's mean colour) or inserted
-    into that flat image, at ``steps + 1`` fractions 0, 1/steps, ..., 1 (Petsiuk et al., "RISE", 2018)."""
-    b, _, h, w = x.shape
-    order = torch.argsort(heat.flatten(1), dim=1, descending=True, stable=True)
-    position = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=x.device).expand(b, -1))
-    fractions = torch.linspace(0, 1, steps + 1, device=x.device)
-    counts = torch.round(fractions * h * w).long()
-    top = (position[None] < counts[:, None, None]).view(steps + 1, b, 1, h, w)
-    base = x.mean((2, 3), keepdim=True).expand_as(x)
-    perturbed = torch.where(top != insert, base, x).flatten(0, 1)
-    with torch.no_grad():
-        probs = torch.cat([model_fn(params, part).softmax(-1) for part in perturbed.split(chunk_size)])
-    probs = probs.view(steps + 1, b, -1).gather(2, target.view(1, b, 1).expand(steps + 1, b, 1))[..., 0]
-    return fractions, probs
-
-
-def _auc(fractions: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    return torch.trapezoid(probs, fractions, dim=0)
-
+# The demo's metric list, one place to change. Localisation scores: (heat [B, H, W] >= 0, masks [B, H, W] bool)
+# -> [B]. Faithfulness curves: (model_fn, params, x, target, heat, steps, seed) -> probabilities [B, steps + 1] at
+# the fractions 0, 1/steps, ..., 1 of pixels, with whether a higher area under the curve is better.
 
 LOCALISATION: dict[str, Callable] = {
-    "relevance mass": relevance_mass,
-    "relevance rank": relevance_rank,
-    "pointing game": pointing_game,
+    "relevance mass": metrics.relevance_mass,
+    "relevance rank": metrics.relevance_rank,
+    "pointing game": lambda heat, masks: metrics.pointing_game(heat, masks, tolerance=0),
 }
-CURVES: dict[str, tuple[Callable, bool]] = {  # name: (curve, higher AUC is better)
-    "deletion": (lambda *a, **k: perturbation_curve(*a, **k, insert=False), False),
-    "insertion": (lambda *a, **k: perturbation_curve(*a, **k, insert=True), True),
+CURVES: dict[str, tuple[Callable, bool]] = {
+    "deletion": (lambda model_fn, params, x, target, heat, steps, seed: metrics.deletion(
+        model_fn, params, x, target, heat, steps=steps, softmax=True, key=seed), False),
+    "insertion": (lambda model_fn, params, x, target, heat, steps, seed: metrics.insertion(
+        model_fn, params, x, target, heat, steps=steps, softmax=True, key=seed), True),
 }
 
 
@@ -206,9 +164,16 @@ def accuracy(model_fn, params, images: torch.Tensor, labels: torch.Tensor, chunk
 # ---------------------------------------------------------------- explaining
 
 
-def method_options(info: registry.MethodInfo, *, layer: str, seed: int, references: torch.Tensor,
-                   scale: int = 1) -> dict:
-    """Keyword options for ``info.fn`` in the demo: ``layer``, ``key``, what it ``needs``, and quicker settings."""
+def method_options(info: registry.MethodInfo, *, size, layer: str | None = None, seed: int = 0, references=None,
+                   scale: int | None = None, chunk_size: int | None = None) -> dict:
+    """Keyword options for ``info.fn``: ``layer``, ``key``, what it ``needs``, required sizes, and quicker settings.
+
+    ``size`` is the input's ``(H, W)``: occlusion gets a window of 1/8 of the
+    smaller side and half of it as stride. ``scale`` divides the sample counts of
+    the costly methods (:data:`_SCALED_OPTIONS`); ``None`` keeps their defaults.
+    Only options that ``info.fn`` accepts are passed.
+    """
+    accepted = inspect.signature(info.fn).parameters
     options = {}
     if info.layered:
         options["layer"] = layer
@@ -216,18 +181,20 @@ def method_options(info: registry.MethodInfo, *, layer: str, seed: int, referenc
         options["key"] = seed
     provided = {"references": references}
     for need in info.needs:
-        if need not in provided:
-            raise LookupError(f"the demo cannot provide {need!r}")
+        if provided.get(need) is None:
+            raise LookupError(f"no {need!r} to give it")
         options[need] = provided[need]
-    accepted = inspect.signature(info.fn).parameters
-    for name, value in _OPTIONS.get(info.name, {}).items():
-        if name in accepted:
-            options[name] = value if name in ("window", "stride") else max(2, value // scale)
+    window = max(2, min(size) // 8)
+    wanted = {"window": window, "stride": max(1, window // 2), "chunk_size": chunk_size}
+    if scale is not None:
+        wanted.update({k: max(2, v // scale) for k, v in _SCALED_OPTIONS.get(info.name, {}).items()})
+    options.update({k: v for k, v in wanted.items() if k in accepted and v is not None})
     return options
 
 
 def explain_all(model_fn, params, x: torch.Tensor, target: torch.Tensor, *, layer: str, seed: int,
-                references: torch.Tensor, scale: int = 1, methods=None, progress: bool = True) -> dict:
+                references: torch.Tensor, scale: int | None = None, chunk_size: int | None = 1024, methods=None,
+                progress: bool = True) -> dict:
     """Every method's map of ``x``: ``{name: {"map", "seconds"} or {"skipped": reason} or {"error": message}}``."""
     from tqdm.auto import tqdm
 
@@ -235,7 +202,8 @@ def explain_all(model_fn, params, x: torch.Tensor, target: torch.Tensor, *, laye
     infos = list(registry.METHODS.values()) if methods is None else [registry.method(m) for m in methods]
     for info in tqdm(infos, desc="explaining", unit="method", disable=not progress, dynamic_ncols=True):
         try:
-            options = method_options(info, layer=layer, seed=seed, references=references, scale=scale)
+            options = method_options(info, size=tuple(x.shape[-2:]), layer=layer, seed=seed, references=references,
+                                     scale=scale, chunk_size=chunk_size)
             start = time.perf_counter()
             amap = info.fn(model_fn, params, x, target, **options)
             results[info.name] = {"map": amap.detach(), "seconds": time.perf_counter() - start, "kind": info.kind}
@@ -285,13 +253,13 @@ def _print_table(rows: dict, chance: dict, log) -> None:
     log(f"{'random (chance)':<{width}}" + f"{'':>10}" + "".join(f"{_fmt(chance.get(n)):>10}" for n in names))
 
 
-def _score(model_fn, params, x, target, heat, masks, steps) -> tuple[dict, dict]:
+def _score(model_fn, params, x, target, heat, masks, steps, seed) -> tuple[dict, dict]:
     scores = {name: fn(heat, masks).float().mean().item() for name, fn in LOCALISATION.items()}
     curves = {}
     for name, (curve, _) in CURVES.items():
-        fractions, probs = curve(model_fn, params, x, target, heat, steps)
-        scores[f"{name} AUC"] = _auc(fractions, probs).mean().item()
-        curves[name] = (fractions.cpu(), probs.mean(1).cpu())
+        probs = curve(model_fn, params, x, target, heat, steps, seed)
+        scores[f"{name} AUC"] = metrics.auc(probs).mean().item()
+        curves[name] = (torch.linspace(0, 1, probs.shape[-1]), probs.mean(0).cpu())
     return scores, curves
 
 
@@ -339,20 +307,21 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
             rows[name] = res
             continue
         heat = heatmap(res["map"], res["kind"], size)
-        scores, curves = _score(model_fn, params, x, target, heat, masks, config.curve_steps)
+        scores, curves = _score(model_fn, params, x, target, heat, masks, config.curve_steps, seed)
         rows[name] = {"seconds": res["seconds"], "scores": scores}
         heats[name] = heat
         for cname, curve in curves.items():
             all_curves[cname][name] = curve
     noise = torch.rand(x.shape[0], *size, generator=torch.Generator().manual_seed(seed)).to(dev)
-    chance, chance_curves = _score(model_fn, params, x, target, noise, masks, config.curve_steps)
+    chance, chance_curves = _score(model_fn, params, x, target, noise, masks, config.curve_steps, seed)
     for cname, curve in chance_curves.items():
         all_curves[cname]["random"] = curve
 
     n = config.grid_rows
     labels = [f"{CLASS_NAMES[int(t)]}" for t in target[:n]]
     fig = viz.grid(x[:n].cpu(), {k: v[:n].cpu() for k, v in heats.items()}, masks=masks[:n].cpu(), row_titles=labels,
-                   sign="positive", title="maps of the true class (pixel maps: sum of |a| over channels; CAMs: positive part)")
+                   sign="positive", transpose=len(heats) > 6,
+                   title="maps of the true class\n(pixel maps: sum of |a| over channels; CAMs: positive part)")
     viz.save(fig, os.path.join(out, "grid.png"))
     fig = viz.curves([all_curves[c] for c in CURVES], ax_titles=[f"{c} (mean over {x.shape[0]} images)" for c in CURVES],
                      xlabel="fraction of pixels", ylabel="probability of the true class")

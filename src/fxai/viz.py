@@ -123,15 +123,16 @@ def _figure(width: float, height: float):
 
 def grid(images, maps: Mapping[str, object] | None = None, *, masks=None, row_titles: Sequence[str] | None = None,
          alpha: float = 0.5, sign: str | Mapping[str, str] = "positive", cmap: str | None = None,
-         clip: float = 99.0, cell: float = 1.6, title: str | None = None):
+         clip: float = 99.0, cell: float = 1.6, title: str | None = None, transpose: bool = False):
     """A grid figure: one row per image; columns are the image, its mask (if given) and each named map over it.
 
     Args:
         images: ``[B, C, H, W]`` in [0, 1].
         maps: ``{column title: maps [B, H, W] or [B, C, H, W]}``, in column order.
         masks: optional ``[B, H, W]`` ground truth, shown as a column.
-        row_titles: one label per row.
+        row_titles: one label per image.
         sign: one sign for every column, or ``{column title: sign}`` (default ``"positive"``).
+        transpose: one column per image and one row per map instead (for many maps).
         Others as :func:`overlay`; ``cell`` is the size of one panel in inches.
 
     Returns:
@@ -145,34 +146,39 @@ def grid(images, maps: Mapping[str, object] | None = None, *, masks=None, row_ti
     if images.ndim != 4:
         raise ValueError(f"images must be a batch [B, C, H, W], got shape {tuple(images.shape)}")
     maps = dict(maps or {})
-    rows = images.shape[0]
+    count = images.shape[0]
     for name, m in maps.items():
-        if torch.as_tensor(m).shape[0] != rows:
-            raise ValueError(f"maps[{name!r}] has {torch.as_tensor(m).shape[0]} rows for {rows} images")
-    if row_titles is not None and len(row_titles) != rows:
-        raise ValueError(f"row_titles has {len(row_titles)} labels for {rows} images")
-    columns = ["input"] + (["ground truth"] if masks is not None else []) + list(maps)
-    fig = _figure(cell * len(columns), cell * rows + (0.4 if title else 0.1))
-    axes = fig.subplots(rows, len(columns), squeeze=False)
-    for r in range(rows):
-        panels = [_image_rgb(images[r])]
+        if torch.as_tensor(m).shape[0] != count:
+            raise ValueError(f"maps[{name!r}] has {torch.as_tensor(m).shape[0]} rows for {count} images")
+    if row_titles is not None and len(row_titles) != count:
+        raise ValueError(f"row_titles has {len(row_titles)} labels for {count} images")
+    kinds = ["input"] + (["ground truth"] if masks is not None else []) + list(maps)
+    rows, cols = (len(kinds), count) if transpose else (count, len(kinds))
+    head = 0.22 * (title.count("\n") + 1) + 0.1 if title else 0.0
+    fig = _figure(max(cell * cols + 0.3, 3.0 if title else 0.0), cell * rows + 0.1 + head)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i in range(count):
+        panels = [_image_rgb(images[i])]
         if masks is not None:
-            panels.append(overlay(images[r], torch.as_tensor(masks[r]).float(), alpha=0.6, cmap="gray", clip=100))
+            panels.append(overlay(images[i], torch.as_tensor(masks[i]).float(), alpha=0.6, cmap="gray", clip=100))
         for name, m in maps.items():
             s = sign.get(name, "positive") if isinstance(sign, Mapping) else sign
-            panels.append(overlay(images[r], torch.as_tensor(m)[r], alpha=alpha, sign=s, cmap=cmap, clip=clip))
-        for c, panel in enumerate(panels):
-            ax = axes[r][c]
+            panels.append(overlay(images[i], torch.as_tensor(m)[i], alpha=alpha, sign=s, cmap=cmap, clip=clip))
+        for k, panel in enumerate(panels):
+            ax = axes[k][i] if transpose else axes[i][k]
             ax.imshow(panel, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(columns[c], fontsize=8)
-            if c == 0 and row_titles is not None:
-                ax.set_ylabel(row_titles[r], fontsize=8)
+            first_row, first_col = (k == 0, i == 0) if transpose else (i == 0, k == 0)
+            top, side = (row_titles[i] if row_titles is not None else None, kinds[k]) if transpose else \
+                (kinds[k], row_titles[i] if row_titles is not None else None)
+            if first_row and top is not None:
+                ax.set_title(top, fontsize=8)
+            if first_col and side is not None:
+                ax.set_ylabel(side, fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - head / fig.get_figheight()))
     return fig
 
 

@@ -65,10 +65,33 @@ class Target:
         check_logits(logits, x)
         return Target(self.batch, index=logits.argmax(-1, keepdim=True).detach())
 
+    def stacked(self, repeats: int) -> "TargetLike":
+        """A target for ``repeats`` copies of the batch stacked repeat-major (``[R * B, ...]``).
+
+        Class indices are repeated; a callable is marked to score one whole batch
+        of ``B`` rows at a time (vmapped over the copies).
+        """
+        if self.fn is not None:
+            return _Grouped(self.fn, self.group)
+        if self.index is None:
+            raise ValueError("target: resolve top-1 on the clean input (Target.fixed) before stacking copies")
+        index = self.index.repeat(repeats, 1)
+        return index if self.multi else index[:, 0]
+
     @property
     def group(self) -> int:
         """Smallest number of stacked rows that can be scored alone (a whole batch for callables)."""
         return getattr(self.fn, "rows_per_group", self.batch) if self.fn is not None else 1
+
+
+class _Grouped:
+    """A callable target for stacked copies of a batch, scored ``rows_per_group`` rows at a time."""
+
+    def __init__(self, fn, rows_per_group: int):
+        self.fn, self.rows_per_group = fn, rows_per_group
+
+    def __call__(self, logits):
+        return self.fn(logits)
 
 
 def as_target(target: TargetLike, x: torch.Tensor, *, name: str = "target") -> Target:

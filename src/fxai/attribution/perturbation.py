@@ -143,13 +143,12 @@ def score_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
     target, _, act = _clean_forward(model_fn, params, x, target, layers)
     act = to_grid(act, reshape, size=size)
     batch, channels = act.shape[:2]
-    small = normalize(act, "minmax", batch_dims=2)
 
     parts = []
     for a, b in row_chunks(channels * batch, chunk_size, target.group):
         r = torch.arange(a, b, device=x.device)
         k, i = r // batch, r % batch
-        masks = _interpolate(small[i, k], size, align_corners=align_corners)
+        masks = normalize(_interpolate(act[i, k], size, align_corners=align_corners), "minmax")
         parts.append(_row_scores(model_fn, params, x[i] * masks[:, None], target, a, score))
     weights = _per_input(_cat(parts), batch)
     if channel_softmax:

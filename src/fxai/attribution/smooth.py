@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
@@ -12,24 +13,8 @@ from .._core.checks import check_input, check_positive_int
 from .._core.targets import as_target
 
 
-class _Grouped:
-    """A callable target applied to stacked copies of a batch, one whole batch at a time."""
-
-    def __init__(self, fn, rows_per_group: int):
-        self.fn, self.rows_per_group = fn, rows_per_group
-
-    def __call__(self, logits):
-        return self.fn(logits)
-
-
-def _repeat_target(target, repeats: int):
-    if target.fn is not None:
-        return _Grouped(target.fn, getattr(target.fn, "rows_per_group", target.batch))
-    index = target.index.repeat(repeats, 1)
-    return index if target.multi else index[:, 0]
-
-
-def noisy_maps(method, model_fn, params, x, target, *, samples: int, sigma: float, key, **options) -> torch.Tensor:
+def noisy_maps(method, model_fn, params, x, target, /, *, samples: int, sigma: float, key,
+               options: dict | None = None) -> torch.Tensor:
     r"""Maps of ``method`` on ``samples`` noisy copies :math:`x + \epsilon`, stacked ``[S, B, ...]``.
 
     :math:`\epsilon \sim \mathcal N(0, \sigma^2 (x_{max} - x_{min})^2)` with the range
@@ -46,15 +31,14 @@ def noisy_maps(method, model_fn, params, x, target, *, samples: int, sigma: floa
     span = (flat.max(1).values - flat.min(1).values).view(-1, *([1] * (x.ndim - 1)))
     noise = keys.normal(gen, (samples, *x.shape), x) * (sigma * span)
     resolved = as_target(target, x).fixed(model_fn, params, x)
-    if "key" in options or _takes_key(method):
+    options = dict(options or {})
+    if _takes_key(method):
         options["key"] = gen
-    maps = method(model_fn, params, (x + noise).flatten(0, 1), _repeat_target(resolved, samples), **options)
+    maps = method(model_fn, params, (x + noise).flatten(0, 1), resolved.stacked(samples), **options)
     return unstack(maps, samples)
 
 
 def _takes_key(method) -> bool:
-    import inspect
-
     try:
         return "key" in inspect.signature(method).parameters
     except (TypeError, ValueError):
@@ -68,7 +52,7 @@ def _ensemble(reduce, name: str, doc: str):
         @functools.wraps(method)
         def ensembled(model_fn, params, x, target=None, *, key=None, **options):
             return reduce(noisy_maps(method, model_fn, params, x, target, samples=samples, sigma=sigma,
-                                     key=key, **options))
+                                     key=key, options=options))
 
         ensembled.__name__ = ensembled.__qualname__ = f"{name}({getattr(method, '__name__', 'method')})"
         ensembled.__doc__ = f"{doc.strip()}\n\nApplied to :func:`{getattr(method, '__name__', 'method')}`."

@@ -264,7 +264,7 @@ IMPUTERS = {"constant": constant, "mean": channel_mean, "blur": blur, "uniform":
 
 
 def as_imputer(imputer, *, name: str = "imputer"):
-    """An imputer from an imputer callable or a name (``"constant"`` (0), ``"mean"``, ``"blur"``, ``"uniform"``, ``"linear"``)."""
+    """An imputer from a callable or a name: ``"constant"`` (0), ``"mean"``, ``"blur"``, ``"uniform"``, ``"linear"``."""
     if isinstance(imputer, str):
         if imputer not in IMPUTERS:
             raise ValueError(f"{name} must be an imputer or one of {', '.join(map(repr, IMPUTERS))}; got {imputer!r}")

@@ -144,7 +144,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float | torch.Tensor |
         rng = (both.amax(1) - both.amin(1)).view(bsz, 1, 1, 1)
     else:
         rng = torch.as_tensor(data_range, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
-    pool = lambda t: F.avg_pool2d(t.reshape(bsz * c, 1, *t.shape[-2:]), win_size, stride=1).view(bsz, c, -1)  # noqa: E731
+
+    def pool(t):
+        return F.avg_pool2d(t.reshape(bsz * c, 1, *t.shape[-2:]), win_size, stride=1).view(bsz, c, -1)
+
     npix = win_size * win_size
     cov = npix / (npix - 1)
     ux, uy = pool(x), pool(y)

@@ -57,7 +57,7 @@ def road(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: tor
 
 
 def road_combined(morf_curve: torch.Tensor, lerf_curve: torch.Tensor) -> torch.Tensor:
-    r"""ROAD's combined score: :math:`\frac12 \big(\overline{\mathrm{LeRF}} - \overline{\mathrm{MoRF}}\big)`, higher is better.
+    r"""ROAD's combined score, higher is better: :math:`\frac12 (\overline{\mathrm{LeRF}} - \overline{\mathrm{MoRF}})`.
 
     The means run over the fractions. It equals pytorch-grad-cam's
     ``ROADCombined`` (which subtracts the clean score from both curves first;

@@ -11,7 +11,6 @@ from .._core.batching import scores as stacked_scores
 from .._core.batching import unstack
 from .._core.checks import check_input, check_positive_int
 from .._core.targets import TargetLike
-from ..attribution.smooth import _repeat_target
 from .perturbation import resolved_target, scored_model
 
 
@@ -137,7 +136,7 @@ def max_sensitivity(model_fn, params, x: torch.Tensor, target: TargetLike, attri
     tgt = resolved_target(model_fn, params, x, target)
     if "key" not in options and _takes_key(method):
         options["key"] = gen
-    maps = method(model_fn, params, (x[None] + delta).flatten(0, 1), _repeat_target(tgt, samples), **options)
+    maps = method(model_fn, params, (x[None] + delta).flatten(0, 1), tgt.stacked(samples), **options)
     maps = unstack(maps.detach(), samples)
     if maps.shape[1:] != attribution.shape:
         raise ValueError(f"method returned maps of shape {tuple(maps.shape[1:])} for the perturbed inputs but "
