@@ -8,17 +8,25 @@
   its two ReLUs written in the given spelling (see ``RELU_SPELLINGS``).
 - ``ig_toy``: ``f(x1, x2) = relu(relu(x1) - 1 - relu(x2))`` as a 2-class model.
 
-Tests marked ``slow`` are skipped unless selected with ``-m slow``.
+Tests marked ``slow`` are skipped unless selected with ``-m slow``. Tests run
+torch on one thread (``FXAI_TEST_THREADS`` overrides): the models are tiny,
+and on a busy machine idle-spinning intra-op threads make each call tens of
+times slower.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def pytest_configure(config):
+    torch.set_num_threads(int(os.environ.get("FXAI_TEST_THREADS", "1")))
 
 
 def pytest_collection_modifyitems(config, items):

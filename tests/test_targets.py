@@ -14,7 +14,7 @@ METHODS = {
     "deconvnet": (fxai.deconvnet, {}),
     "expected_gradients": (fxai.expected_gradients, {"samples": 4, "key": 0}),
     "smoothgrad(gradient)": (fxai.smoothgrad(fxai.gradient, samples=4), {"key": 0}),
-    "vargrad(integrated_gradients)": (fxai.vargrad(fxai.integrated_gradients, samples=3), {"key": 0, "steps": 3}),
+    "vargrad(input_x_gradient)": (fxai.vargrad(fxai.input_x_gradient, samples=3), {"key": 0}),
 }
 
 
@@ -75,7 +75,7 @@ def test_top1_fixed_along_path_and_noise(name):
     model_fn, params = fxai.functional(Crossing())
     if name.startswith(("smoothgrad", "vargrad")):
         fn = {"smoothgrad(gradient)": fxai.smoothgrad(fxai.gradient, samples=16, sigma=5.0),
-              "vargrad(integrated_gradients)": fxai.vargrad(fxai.integrated_gradients, samples=16, sigma=5.0)}[name]
+              "vargrad(input_x_gradient)": fxai.vargrad(fxai.input_x_gradient, samples=16, sigma=5.0)}[name]
     torch.testing.assert_close(fn(model_fn, params, x, None, **opts), fn(model_fn, params, x, 0, **opts),
                                rtol=0, atol=0)
 

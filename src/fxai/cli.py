@@ -380,7 +380,7 @@ def _explain(args) -> int:
 
     model_fn, params = functional(module)
     layer = args.layer
-    if layer is not None and layer not in dict(module.named_modules()) or layer == "":
+    if layer is not None and (not layer or layer not in dict(module.named_modules())):
         names = [n for n, _ in module.named_modules() if n]
         raise UsageError(f"unknown layer {layer!r} for --layer; layers of this model include: "
                          f"{', '.join(names[:25])}{', ...' if len(names) > 25 else ''}")

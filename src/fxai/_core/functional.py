@@ -43,7 +43,8 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
     A module in training mode that holds BatchNorm or Dropout layers would mix
     examples in a batch, write running statistics and draw random masks, which
     breaks every guarantee of a pure function; it is refused unless
-    ``allow_training=True``.
+    ``allow_training=True``, in which case ``params`` holds copies of the
+    buffers and the running statistics are updated there, never in ``module``.
 
     Example:
         >>> model_fn, params = fxai.functional(torchvision.models.resnet18().eval())
@@ -61,5 +62,7 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
                 "attributions need deterministic, per-example outputs. Call module.eval() first, "
                 "or pass allow_training=True if you really mean training-mode behaviour.")
     params = {name: p.detach() for name, p in module.named_parameters()}
-    params.update({name: b.detach() for name, b in module.named_buffers()})
+    # A training-mode forward writes running statistics into the buffers it is given: give it copies.
+    own = (lambda b: b.detach().clone()) if allow_training else (lambda b: b.detach())
+    params.update({name: own(b) for name, b in module.named_buffers()})
     return FunctionalModel(module), params

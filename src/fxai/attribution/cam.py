@@ -149,8 +149,8 @@ def _channel_reduce(weighted, eigen_smooth):
     return first_component(weighted) if eigen_smooth else weighted.sum(-3)
 
 
-def _options_doc(relu: bool) -> str:
-    return f"""
+def _options_doc(relu: bool, *, eigen: bool = True, extra: str = "") -> str:
+    doc = f"""
     Args:
         model_fn: ``fxai.functional(module)[0]`` or ``fxai.split(features, head)``.
         params: the parameters and buffers ``model_fn`` takes.
@@ -168,14 +168,30 @@ def _options_doc(relu: bool) -> str:
         reshape: callable turning the layer's output into ``[N, C, h, w]`` (default: automatic
             for ``[N, C, h, w]``, channels-last and ViT tokens).
         chunk_size: at most this many rows per forward/backward.
-
+{extra}
     Returns:
         ``[B, H, W]`` (``[B, K, H, W]`` for K targets; ``h, w`` with ``upsample=False``).
 """
+    if not eigen:
+        doc = doc.replace(_EIGEN_ARG, "")
+    return doc
+
+
+_EIGEN_ARG = ("        eigen_smooth: replace the channel sum by the first principal component of the\n"
+              "            weighted activations (:func:`first_component`).\n")
+
+
+def _documented(relu: bool, **kw):
+    """Fill the ``{OPTIONS}`` line of a method's docstring with the arguments every CAM method shares."""
+    def deco(fn):
+        fn.__doc__ = fn.__doc__.replace("    {OPTIONS}\n", _options_doc(relu, **kw))
+        return fn
+    return deco
 
 
 # ---------------------------------------------------------------- methods
 
+@_documented(True)
 def grad_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, layer=None, relu: bool = True,
              upsample: bool | str = True, eigen_smooth: bool = False, aug_smooth: bool = False, reshape=None,
              chunk_size: int | None = None) -> torch.Tensor:
@@ -185,7 +201,8 @@ def grad_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, la
     Localization", ICCV 2017. With a list of layers, the fused map is the sum of the per-layer
     maps, each upsampled to the input size (pytorch-grad-cam averages min-max normalised maps).
     For a GAP + linear head, Grad-CAM at the pooled layer is CAM / (h·w).
-    """ + _options_doc(True) + """
+    {OPTIONS}
+
     Example:
         >>> m = fxai.grad_cam(model_fn, params, x, target=3, layer="layer4")
     """
@@ -196,6 +213,7 @@ def grad_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, la
                 eigen_smooth=eigen_smooth, aug_smooth=aug_smooth, reshape=reshape, chunk_size=chunk_size)
 
 
+@_documented(False)
 def hires_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, layer=None, relu: bool = False,
               upsample: bool | str = True, eigen_smooth: bool = False, aug_smooth: bool = False, reshape=None,
               chunk_size: int | None = None) -> torch.Tensor:
@@ -205,7 +223,8 @@ def hires_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
     neural networks", 2020. The definition has no final ReLU (``relu=False``; pytorch-grad-cam
     applies one). For a GAP + linear head it equals CAM / (h·w) and sums to the score minus the bias
     (over h·w).
-    """ + _options_doc(False) + """
+    {OPTIONS}
+
     Example:
         >>> m = fxai.hires_cam(model_fn, params, x, target=3, layer="layer4")
     """
@@ -216,6 +235,7 @@ def hires_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
                 eigen_smooth=eigen_smooth, aug_smooth=aug_smooth, reshape=reshape, chunk_size=chunk_size)
 
 
+@_documented(True, extra="        eps: added to the denominator of :math:`\\alpha` (default 1e-6).\n")
 def grad_cam_plus_plus(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, layer=None,
                        relu: bool = True, upsample: bool | str = True, eigen_smooth: bool = False,
                        aug_smooth: bool = False, reshape=None, eps: float = 1e-6,
@@ -231,8 +251,7 @@ def grad_cam_plus_plus(model_fn, params, x: torch.Tensor, target: TargetLike = N
     :math:`\partial S/\partial A = e^{y_c} G`, and the positive factor :math:`e^{y_c}` (one per map)
     is dropped from :math:`w_c`. This is pytorch-grad-cam's ``GradCAMPlusPlus`` formula
     (same ``eps``), without its min-max normalisation.
-    """ + _options_doc(True) + """
-        eps: added to the denominator of :math:`\\alpha` (default 1e-6).
+    {OPTIONS}
 
     Example:
         >>> m = fxai.grad_cam_plus_plus(model_fn, params, x, target=3, layer="layer4")
@@ -248,6 +267,7 @@ def grad_cam_plus_plus(model_fn, params, x: torch.Tensor, target: TargetLike = N
                 eigen_smooth=eigen_smooth, aug_smooth=aug_smooth, reshape=reshape, chunk_size=chunk_size)
 
 
+@_documented(True, extra="        eps: added to the channel sums (default 1e-7).\n")
 def xgrad_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, layer=None, relu: bool = True,
               upsample: bool | str = True, eigen_smooth: bool = False, aug_smooth: bool = False, reshape=None,
               eps: float = 1e-7, chunk_size: int | None = None) -> torch.Tensor:
@@ -255,8 +275,7 @@ def xgrad_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
 
     Fu et al., "Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of CNNs",
     BMVC 2020. ``eps`` (default 1e-7, as pytorch-grad-cam) keeps dead channels finite.
-    """ + _options_doc(True) + """
-        eps: added to the channel sums (default 1e-7).
+    {OPTIONS}
 
     Example:
         >>> m = fxai.xgrad_cam(model_fn, params, x, target=3, layer="layer4")
@@ -269,6 +288,7 @@ def xgrad_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
                 eigen_smooth=eigen_smooth, aug_smooth=aug_smooth, reshape=reshape, chunk_size=chunk_size)
 
 
+@_documented(True, extra="        gamma: the scaling of the multi-layer fusion (default 2).\n")
 def layer_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, layer=None, relu: bool = True,
               upsample: bool | str = True, eigen_smooth: bool = False, aug_smooth: bool = False, reshape=None,
               gamma: float = 2.0, chunk_size: int | None = None) -> torch.Tensor:
@@ -278,8 +298,7 @@ def layer_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
     2021. With a list of layers, each map is scaled as in the paper's Eq. 9,
     :math:`\tanh(\gamma M / \max M)` (``gamma=2``), upsampled, and the maps are fused by their
     element-wise maximum (as TorchCAM does). One layer gives the raw map.
-    """ + _options_doc(True) + """
-        gamma: the scaling of the multi-layer fusion (default 2).
+    {OPTIONS}
 
     Example:
         >>> m = fxai.layer_cam(model_fn, params, x, target=3, layer=["layer2", "layer3", "layer4"])
@@ -292,6 +311,7 @@ def layer_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
                 fusion="max", gamma=gamma)
 
 
+@_documented(False, eigen=False)
 def eigen_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, layer=None, relu: bool = False,
               upsample: bool | str = True, aug_smooth: bool = False, reshape=None,
               chunk_size: int | None = None) -> torch.Tensor:
@@ -301,9 +321,8 @@ def eigen_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
     Class-agnostic: one forward pass, no gradient; for K targets the map is repeated K times. The
     SVD's free sign is fixed so that the map correlates non-negatively with :math:`\sum_c A_c`
     (:func:`first_component`). No final ReLU by default (pytorch-grad-cam applies one).
-    """ + _options_doc(False).replace(
-        "        eigen_smooth: replace the channel sum by the first principal component of the\n"
-        "            weighted activations (:func:`first_component`).\n", "") + """
+    {OPTIONS}
+
     Example:
         >>> m = fxai.eigen_cam(model_fn, params, x, layer="layer4")
     """
@@ -314,6 +333,7 @@ def eigen_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
                 aug_smooth=aug_smooth, reshape=reshape, chunk_size=chunk_size)
 
 
+@_documented(False, eigen=False)
 def eigen_grad_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, layer=None,
                    relu: bool = False, upsample: bool | str = True, aug_smooth: bool = False, reshape=None,
                    chunk_size: int | None = None) -> torch.Tensor:
@@ -322,9 +342,8 @@ def eigen_grad_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None,
     pytorch-grad-cam's ``EigenGradCAM``; the sign is fixed so that the map correlates non-negatively
     with HiResCAM's map :math:`\sum_c G_c \odot A_c` (:func:`first_component`). No final ReLU by
     default (pytorch-grad-cam applies one).
-    """ + _options_doc(False).replace(
-        "        eigen_smooth: replace the channel sum by the first principal component of the\n"
-        "            weighted activations (:func:`first_component`).\n", "") + """
+    {OPTIONS}
+
     Example:
         >>> m = fxai.eigen_grad_cam(model_fn, params, x, target=3, layer="layer4")
     """
