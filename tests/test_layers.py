@@ -1,4 +1,4 @@
-"""Layer access: grids from token / channels-last activations, default layers, split models, scoped taps."""
+"""Layer access: grids from token / channels-last activations, default layers, split models, FX and hook taps."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from conftest import Conv4, leftover_hooks, make_tiny_cnn
 
 import fxai
 from fxai._core.layers import (default_layer, layer_and_input_gradients, layer_gradients, resolve_layers, split,
-                               to_grid, trace_modules)
+                               tapped, to_grid, trace_modules)
 from fxai._core.targets import as_target
 
 
@@ -94,3 +94,111 @@ def test_tap_removed_after_exception(tiny_input):
     with pytest.raises(RuntimeError, match="boom"):
         layer_gradients(model_fn, params, tiny_input, as_target(bad, tiny_input), ["layer4"])
     assert leftover_hooks(module) == []
+
+
+# ---------------------------------------------------------------- taps: FX rewrite and hook fallback
+
+
+class DataDependent(torch.nn.Module):
+    """A model FX cannot trace (a branch on a tensor's value), so layer methods use the scoped hook tap."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        a = self.conv(x)
+        if a.sum() > -1e9:
+            a = torch.relu(a)
+        return self.fc(a.mean((2, 3)))
+
+
+def _grad_cam_by_autograd(module, x, target, layer):
+    store = {}
+    handle = dict(module.named_modules())[layer].register_forward_hook(lambda m, i, o: store.update(a=o))
+    try:
+        score = module(x).gather(1, target[:, None]).sum()
+    finally:
+        handle.remove()
+    a = store["a"]
+    g = torch.autograd.grad(score, a)[0]
+    return (g.mean((2, 3), keepdim=True) * a).sum(1).clamp(min=0).detach()
+
+
+@pytest.mark.parametrize("make, layer, traced", [(make_tiny_cnn, "layer4", True), (DataDependent, "conv", False)])
+def test_fx_tap_and_hook_tap_give_autograd_grad_cam(make, layer, traced, tiny_input):
+    module = make().eval()
+    model_fn, params = fxai.functional(module)
+    target = torch.tensor([0, 1, 2])
+    got = fxai.grad_cam(model_fn, params, tiny_input, target, layer=layer, upsample=False)
+    assert (model_fn.graph_tap((layer,)) is not None) == traced
+    torch.testing.assert_close(got, _grad_cam_by_autograd(module, tiny_input, target, layer))
+    assert leftover_hooks(module) == []
+
+
+def test_hook_tap_equals_fx_tap(tiny_input):
+    from fxai._core.taps import module_tap
+
+    model_fn, params = fxai.functional(make_tiny_cnn())
+    deltas = (torch.randn(3, 8, 16, 16), torch.randn(3, 16, 8, 8))
+    layers = ["relu1", "layer4"]
+    fx_logits, fx_acts = module_tap(model_fn, layers)(params, tiny_input, deltas)
+    model_fn._taps[tuple(layers)] = None  # what a model FX cannot trace gets
+    hook_logits, hook_acts = module_tap(model_fn, layers)(params, tiny_input, deltas)
+    torch.testing.assert_close(fx_logits, hook_logits, rtol=0, atol=0)
+    for a, b in zip(fx_acts, hook_acts):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fx", [True, False])
+def test_in_place_op_after_the_layer_leaves_its_activation_alone(fx):
+    # torchvision's ResNet applies ReLU(inplace=True) to bn1's output: the activation read at bn1 must stay
+    # pre-ReLU (negative entries kept), with and without deltas.
+    import torchvision
+
+    module = torchvision.models.resnet18(num_classes=3).eval()
+    model_fn, params = fxai.functional(module)
+    if not fx:
+        model_fn._taps[("bn1",)] = None
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = module.bn1(module.conv1(x)).detach()
+    assert (expected < 0).any()
+    _, (act,) = tapped(model_fn, ["bn1"])(params, x)
+    torch.testing.assert_close(act, expected)
+    _, (act,) = tapped(model_fn, ["bn1"])(params, x, (torch.zeros_like(expected),))
+    torch.testing.assert_close(act, expected)
+    cam = fxai.eigen_cam(model_fn, params, x, layer="bn1", upsample=False)
+    assert cam.shape == (2, 16, 16)
+
+
+def test_reused_layer_is_refused_by_both_taps():
+    class Reuse(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(self.conv(x)).mean((2, 3)))
+
+    model_fn, params = fxai.functional(Reuse().eval())
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="runs more than once"):
+        fxai.grad_cam(model_fn, params, x, 0, layer="conv")
+    model_fn, params = fxai.functional(Reuse().eval())
+    model_fn._taps[("conv",)] = None
+    with pytest.raises(ValueError, match="runs more than once"):
+        fxai.grad_cam(model_fn, params, x, 0, layer="conv")
+
+
+def test_fx_tap_compiles_without_graph_breaks(tiny_input):
+    # After one eager call has built the FX tap, the whole method is one graph (fullgraph=True).
+    model_fn, params = fxai.functional(make_tiny_cnn())
+    target = torch.tensor([0, 1, 2])
+    eager = fxai.grad_cam(model_fn, params, tiny_input, target, layer="layer4")
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: fxai.grad_cam(model_fn, params, x, target, layer="layer4"), fullgraph=True,
+                             backend="aot_eager")
+    torch.testing.assert_close(compiled(tiny_input), eager, rtol=1e-5, atol=1e-6)

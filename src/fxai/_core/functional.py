@@ -17,16 +17,29 @@ class FunctionalModel:
     Calling it runs ``torch.func.functional_call(module, params, (x,))``: the
     module's own parameters and buffers are never read or written, so the same
     object can be differentiated, vmapped and compiled with respect to
-    ``params``. ``module`` is kept for layer access (CAM methods).
+    ``params``. ``module`` is kept for layer access (CAM methods); the FX
+    rewrites that tap its layers are built on first use and kept here, so a
+    module whose structure changes afterwards needs a new ``functional()``.
     """
 
-    __slots__ = ("module",)
+    __slots__ = ("module", "_taps")
 
     def __init__(self, module: nn.Module):
         self.module = module
+        self._taps = {}
 
     def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, params, (x,))
+
+    def graph_tap(self, layers: tuple[str, ...]):
+        """The module rewritten by FX to tap ``layers`` (see :func:`fxai._core.taps.graph_tap`), built once."""
+        if layers not in self._taps:
+            if torch.compiler.is_compiling():
+                return None  # FX cannot trace inside dynamo: the hook tap serves this call
+            from .taps import graph_tap
+
+            self._taps[layers] = graph_tap(self.module, list(layers))
+        return self._taps[layers]
 
     def __repr__(self) -> str:
         return f"FunctionalModel({type(self.module).__name__})"

@@ -1,14 +1,14 @@
 """Layer access without persistent hooks: a layer's activation and the gradient at it.
 
-A zero ``delta`` is added to the layer's output inside the forward; the
-gradient of the scores w.r.t. ``delta`` is the gradient w.r.t. the activation
-(the ``perturb`` trick of Flax). The hook that adds it lives only for the
-duration of one call, so nothing is left registered on the user's module.
+A zero ``delta`` is added to the layer's output inside the forward (a tap, see
+:mod:`fxai._core.taps`); the gradient of the scores w.r.t. ``delta`` is the
+gradient w.r.t. the activation (the ``perturb`` trick of Flax). This module
+resolves layer names, finds the default layer, runs taps in chunks and reads
+layer outputs as spatial grids.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +18,7 @@ from torch.func import vjp, vmap
 from .batching import row_chunks
 from .functional import FunctionalModel
 from .targets import Target, check_logits
+from .taps import module_tap
 
 
 class SplitModel:
@@ -173,37 +174,8 @@ def resolve_layers(model_fn, layer: str | Sequence[str] | None, *, name: str = "
     return layers
 
 
-@contextlib.contextmanager
-def _injected(module: nn.Module, layers: list[str], deltas, store: list):
-    """Within the block, each layer's output ``a`` becomes ``a + delta`` and ``a`` is stored."""
-    modules = dict(module.named_modules())
-    calls = [0] * len(layers)
-    handles = []
-
-    def make(i):
-        def hook(mod, args, out):
-            calls[i] += 1
-            if calls[i] > 1:
-                raise ValueError(f"layer: {layers[i]!r} runs more than once in one forward pass (a module reused "
-                                 "inside the model, like torchvision's ReLU in a BasicBlock); choose its parent block "
-                                 "or another layer")
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"layer: {layers[i]!r} returns {type(out).__name__}, not a tensor; choose another layer")
-            store[i] = out
-            return out if deltas is None else out + deltas[i]
-        return hook
-
-    try:
-        for i, n in enumerate(layers):
-            handles.append(modules[n].register_forward_hook(make(i)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def tapped(model_fn, layers: list[str]):
-    """``fn(params, x, deltas) -> (logits, activations)``, with ``deltas`` added to the layers' outputs."""
+    """``fn(params, x, deltas=None) -> (logits, activations)``, with ``deltas`` added to the layers' outputs."""
     if isinstance(model_fn, SplitModel):
         def split_fn(params, x, deltas=None):
             act = model_fn.features(params, x)
@@ -212,17 +184,7 @@ def tapped(model_fn, layers: list[str]):
             return model_fn.head(params, act if deltas is None else act + deltas[0]), [act]
 
         return split_fn
-
-    def fn(params, x, deltas=None):
-        store = [None] * len(layers)
-        with _injected(model_fn.module, layers, deltas, store):
-            logits = model_fn(params, x)
-        for n, a in zip(layers, store):
-            if a is None:
-                raise ValueError(f"layer: {n!r} did not run in the forward pass; choose another layer")
-        return logits, store
-
-    return fn
+    return module_tap(model_fn, layers)
 
 
 def _dry_run(model_fn, params, x: torch.Tensor):
