@@ -74,3 +74,34 @@ def test_keyword_only_options(tiny_cnn, tiny_input):
     model_fn, params = fxai.functional(tiny_cnn)
     with pytest.raises(TypeError):
         fxai.gradient(model_fn, params, tiny_input, 0, 2)
+
+
+def test_maps_are_plain_tensors_unless_asked_to_be_differentiable(tiny_cnn, tiny_input):
+    # Outside torch.func, the backward runs on torch.autograd; its results keep a graph only when an input or a
+    # parameter requires grad, and an outer torch.no_grad() does not stop the attribution itself.
+    model_fn, params = fxai.functional(tiny_cnn)
+    g = fxai.gradient(model_fn, params, tiny_input, 1)
+    assert not g.requires_grad and g.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(fxai.gradient(model_fn, params, tiny_input, 1), g)
+    x = tiny_input.clone().requires_grad_()
+    assert fxai.gradient(model_fn, params, x, 1).requires_grad
+    cam = fxai.grad_cam(model_fn, params, x, 1, layer="layer4")
+    assert cam.requires_grad and torch.autograd.grad(cam.sum(), x)[0].abs().sum() > 0
+
+
+def test_a_model_writing_into_its_input(linear_model):
+    class InPlace(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.mul_(2.0))
+
+    model_fn, params = fxai.functional(InPlace(linear_model).eval())
+    x = torch.randn(2, 2, 3, 3)
+    before = x.clone()
+    g = fxai.gradient(model_fn, params, x, 1)
+    torch.testing.assert_close(g, 2 * params["inner.fc.weight"][1].view(2, 3, 3).expand(2, -1, -1, -1))
+    assert torch.equal(x, before)

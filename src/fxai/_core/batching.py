@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch.func import vjp, vmap
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .targets import Target, check_logits
 
@@ -38,6 +39,58 @@ def scores(model_fn, params, xs: torch.Tensor, target: Target, *, chunk_size: in
     return _cat(parts)
 
 
+def _plain_autograd() -> bool:
+    """Whether ``torch.autograd`` can run the backward: outside ``torch.func`` transforms and ``torch.compile``.
+
+    There it is ~1.2x faster than ``torch.func.vjp`` for the same gradients (resnet18, CPU; see
+    docs/benchmarks.md); inside them, ``vjp`` is what composes.
+    """
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
+
+
+def _needs_graph(*trees) -> bool:
+    """Whether results must stay differentiable: grad mode is on and some input tensor requires grad."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in tree_leaves(trees))
+
+
+def score_gradients(score, primals: tuple, *, also=None):
+    """Gradients of ``score(*primals) -> (s, aux)`` w.r.t. each primal: ``(grads, s, aux)``.
+
+    ``s`` of shape ``[N]`` gives gradients shaped like the primals; ``[N, K]`` gives ``[N, K, ...]``:
+    one forward, then K backward passes vectorised over one-hot cotangents. Results are differentiable
+    w.r.t. the primals and the tensors in ``also`` (e.g. the model's params), through ``torch.func``
+    or autograd, whenever grad mode asks for it.
+    """
+    if not _plain_autograd():
+        s, pullback, aux = vjp(score, *primals, has_aux=True)
+        if s.ndim == 1:
+            return pullback(torch.ones_like(s)), s, aux
+        grads = vmap(pullback)(_one_hots(s))
+        return tuple(g.movedim(0, 1) for g in grads), s, aux
+    keep = _needs_graph(also, primals)
+    with torch.enable_grad():
+        leaves = [p if p.requires_grad else p.detach().requires_grad_() for p in primals]
+        s, aux = score(*[leaf.clone() for leaf in leaves])  # a clone: the model may write into its input
+        if s.ndim == 1:
+            grads = torch.autograd.grad(s, leaves, torch.ones_like(s), create_graph=keep, allow_unused=True)
+        else:
+            grads = torch.autograd.grad(s, leaves, _one_hots(s), create_graph=keep, allow_unused=True,
+                                        is_grads_batched=True)
+            grads = [None if g is None else g.movedim(0, 1) for g in grads]
+    grads = tuple(torch.zeros_like(p if s.ndim == 1 else p.unsqueeze(1).expand(-1, s.shape[1], *p.shape[1:]))
+                  if g is None else g for p, g in zip(primals, grads))
+    if not keep:
+        s, aux = tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, (s, aux))
+    return grads, s, aux
+
+
+def _one_hots(s: torch.Tensor) -> torch.Tensor:
+    """The K cotangents ``[K, N, K]`` that pick each of the K scores of ``s [N, K]``."""
+    k = s.shape[1]
+    return torch.eye(k, dtype=s.dtype, device=s.device)[:, None, :].expand(k, *s.shape)
+
+
 def input_gradients(model_fn, params, xs: torch.Tensor, target: Target, *,
                     chunk_size: int | None = None) -> torch.Tensor:
     """Gradients of the target scores w.r.t. stacked rows ``xs [N, ...]``.
@@ -51,16 +104,10 @@ def input_gradients(model_fn, params, xs: torch.Tensor, target: Target, *,
         def score(rows, a=a):
             logits = model_fn(params, rows)
             check_logits(logits, rows)
-            return target.scores(logits, a)
+            s = target.scores(logits, a)
+            return s, s
 
-        s, pullback = vjp(score, xs[a:b])
-        if s.ndim == 1:
-            (g,) = pullback(torch.ones_like(s))
-        else:
-            k = s.shape[1]
-            onehot = torch.eye(k, dtype=s.dtype, device=s.device)[:, None, :].expand(k, *s.shape)
-            (g,) = vmap(pullback)(onehot)
-            g = g.movedim(0, 1)
+        (g,), _, _ = score_gradients(score, (xs[a:b],), also=params)
         parts.append(g)
     return _cat(parts)
 

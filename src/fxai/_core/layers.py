@@ -13,9 +13,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.func import vjp, vmap
 
-from .batching import row_chunks
+from .batching import row_chunks, score_gradients
 from .functional import FunctionalModel
 from .targets import Target, check_logits
 from .taps import module_tap
@@ -225,31 +224,24 @@ def layer_and_input_gradients(model_fn, params, x: torch.Tensor, target: Target,
     """
     fn = tapped(model_fn, layers)
     shapes = activation_shapes(model_fn, params, x[:1], layers)
+    n = len(layers)
     acts_all, grads_all, xgrads_all, scores_all = [], [], [], []
     for a, b in row_chunks(x.shape[0], chunk_size, target.group):
         rows = x[a:b]
         deltas = tuple(torch.zeros((b - a, *s[1:]), dtype=x.dtype, device=x.device) for s in shapes)
 
-        def score(deltas, rows, a=a):
-            logits, acts = fn(params, rows, deltas)
+        primals = (*deltas, rows) if wrt_input else deltas
+
+        def score(*inputs, rows=rows, a=a):
+            logits, acts = fn(params, inputs[n] if wrt_input else rows, inputs[:n])
             check_logits(logits, rows)
             s = target.scores(logits, a)
             return s, (s, acts)
 
-        if wrt_input:
-            s, pullback, (s_aux, acts) = vjp(score, deltas, rows, has_aux=True)
-        else:
-            s, pullback, (s_aux, acts) = vjp(lambda d, rows=rows: score(d, rows), deltas, has_aux=True)
-        if s.ndim == 1:
-            out = pullback(torch.ones_like(s))
-        else:
-            k = s.shape[1]
-            onehot = torch.eye(k, dtype=s.dtype, device=s.device)[:, None, :].expand(k, *s.shape)
-            out = vmap(pullback)(onehot)
-            out = tuple(tuple(g.movedim(0, 1) for g in o) if isinstance(o, tuple) else o.movedim(0, 1) for o in out)
+        grads, _, (s_aux, acts) = score_gradients(score, primals, also=(params, rows))
         acts_all.append(acts)
-        grads_all.append(out[0])
-        xgrads_all.append(out[1] if wrt_input else None)
+        grads_all.append(grads[:n])
+        xgrads_all.append(grads[n] if wrt_input else None)
         scores_all.append(s_aux)
     cat = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts)  # noqa: E731
     acts = [cat([c[i] for c in acts_all]) for i in range(len(layers))]
