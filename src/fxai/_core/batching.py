@@ -39,7 +39,7 @@ def scores(model_fn, params, xs: torch.Tensor, target: Target, *, chunk_size: in
     return _cat(parts)
 
 
-def _plain_autograd() -> bool:
+def plain_autograd() -> bool:
     """Whether ``torch.autograd`` can run the backward: outside ``torch.func`` transforms and ``torch.compile``.
 
     There it is ~1.2x faster than ``torch.func.vjp`` for the same gradients (resnet18, CPU; see
@@ -48,7 +48,7 @@ def _plain_autograd() -> bool:
     return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
 
 
-def _needs_graph(*trees) -> bool:
+def needs_graph(*trees) -> bool:
     """Whether results must stay differentiable: grad mode is on and some input tensor requires grad."""
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
                                            for t in tree_leaves(trees))
@@ -62,27 +62,38 @@ def score_gradients(score, primals: tuple, *, also=None):
     w.r.t. the primals and the tensors in ``also`` (e.g. the model's params), through ``torch.func``
     or autograd, whenever grad mode asks for it.
     """
-    if not _plain_autograd():
+    if not plain_autograd():
         s, pullback, aux = vjp(score, *primals, has_aux=True)
         if s.ndim == 1:
             return pullback(torch.ones_like(s)), s, aux
         grads = vmap(pullback)(_one_hots(s))
         return tuple(g.movedim(0, 1) for g in grads), s, aux
-    keep = _needs_graph(also, primals)
+    keep = needs_graph(also, primals)
     with torch.enable_grad():
         leaves = [p if p.requires_grad else p.detach().requires_grad_() for p in primals]
         s, aux = score(*[leaf.clone() for leaf in leaves])  # a clone: the model may write into its input
-        if s.ndim == 1:
-            grads = torch.autograd.grad(s, leaves, torch.ones_like(s), create_graph=keep, allow_unused=True)
-        else:
-            grads = torch.autograd.grad(s, leaves, _one_hots(s), create_graph=keep, allow_unused=True,
-                                        is_grads_batched=True)
-            grads = [None if g is None else g.movedim(0, 1) for g in grads]
-    grads = tuple(torch.zeros_like(p if s.ndim == 1 else p.unsqueeze(1).expand(-1, s.shape[1], *p.shape[1:]))
-                  if g is None else g for p, g in zip(primals, grads))
+        grads = backward(s, leaves, keep=keep)
     if not keep:
-        s, aux = tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, (s, aux))
+        s, aux = detached((s, aux))
     return grads, s, aux
+
+
+def backward(s: torch.Tensor, wrt, *, keep: bool) -> tuple[torch.Tensor, ...]:
+    """Gradients of the scores ``s [N]`` (or ``[N, K]``, batched over one-hot cotangents) w.r.t. the tensors
+    ``wrt``, by ``torch.autograd``; ``keep`` keeps their graph (differentiable results). Unused: zeros."""
+    if s.ndim == 1:
+        grads = torch.autograd.grad(s, wrt, torch.ones_like(s), create_graph=keep, allow_unused=True)
+    else:
+        grads = torch.autograd.grad(s, wrt, _one_hots(s), create_graph=keep, allow_unused=True,
+                                    is_grads_batched=True)
+        grads = [None if g is None else g.movedim(0, 1) for g in grads]
+    return tuple(torch.zeros_like(w if s.ndim == 1 else w.unsqueeze(1).expand(-1, s.shape[1], *w.shape[1:]))
+                 if g is None else g for w, g in zip(wrt, grads))
+
+
+def detached(tree):
+    """Every tensor of ``tree`` detached."""
+    return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree)
 
 
 def _one_hots(s: torch.Tensor) -> torch.Tensor:

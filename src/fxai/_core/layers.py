@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .batching import row_chunks, score_gradients
+from .batching import needs_graph, plain_autograd, backward, detached, row_chunks, score_gradients
 from .functional import FunctionalModel
 from .targets import Target, check_logits
 from .taps import module_tap
@@ -223,22 +223,33 @@ def layer_and_input_gradients(model_fn, params, x: torch.Tensor, target: Target,
     ``xgrad`` is ``[B, ...]`` or ``[B, K, ...]`` (``None`` when ``wrt_input=False``).
     """
     fn = tapped(model_fn, layers)
-    shapes = activation_shapes(model_fn, params, x[:1], layers)
     n = len(layers)
+    plain = plain_autograd()
+    keep = needs_graph(params, x)
+    shapes = None if plain else activation_shapes(model_fn, params, x[:1], layers)
     acts_all, grads_all, xgrads_all, scores_all = [], [], [], []
     for a, b in row_chunks(x.shape[0], chunk_size, target.group):
         rows = x[a:b]
-        deltas = tuple(torch.zeros((b - a, *s[1:]), dtype=x.dtype, device=x.device) for s in shapes)
+        if plain:  # autograd reaches the activations themselves: no deltas, no dry run for their shapes
+            with torch.enable_grad():
+                leaf = rows if rows.requires_grad else rows.detach().requires_grad_()
+                logits, acts = fn(params, leaf.clone())
+                check_logits(logits, rows)
+                s_aux = target.scores(logits, a)
+                grads = backward(s_aux, [*acts, leaf] if wrt_input else acts, keep=keep)
+            if not keep:
+                s_aux, acts = detached((s_aux, acts))
+        else:
+            deltas = tuple(torch.zeros((b - a, *s[1:]), dtype=x.dtype, device=x.device) for s in shapes)
 
-        primals = (*deltas, rows) if wrt_input else deltas
+            def score(*inputs, rows=rows, a=a):
+                logits, acts = fn(params, inputs[n] if wrt_input else rows, inputs[:n])
+                check_logits(logits, rows)
+                s = target.scores(logits, a)
+                return s, (s, acts)
 
-        def score(*inputs, rows=rows, a=a):
-            logits, acts = fn(params, inputs[n] if wrt_input else rows, inputs[:n])
-            check_logits(logits, rows)
-            s = target.scores(logits, a)
-            return s, (s, acts)
-
-        grads, _, (s_aux, acts) = score_gradients(score, primals, also=(params, rows))
+            grads, _, (s_aux, acts) = score_gradients(score, (*deltas, rows) if wrt_input else deltas,
+                                                      also=(params, rows))
         acts_all.append(acts)
         grads_all.append(grads[:n])
         xgrads_all.append(grads[n] if wrt_input else None)
