@@ -217,3 +217,27 @@ def test_compiled_equals_eager_fast(name, tiny_input):
 def test_compiled_equals_eager(info, setup, tiny_input):
     model, _, _, _ = setup
     _compiled_vs_eager(info, model, tiny_input, TARGETS)
+
+
+@pytest.mark.parametrize("name", ["integrated_gradients", "guided_backprop", "grad_cam"])
+def test_fxai_compiled_equals_eager_and_leaves_the_module_alone(name, tiny_input):
+    info = METHODS[name]
+    model = make_tiny_cnn()
+    snap = ModuleSnapshot(model)
+    model_fn, params = fxai.functional(model)
+    opts = options_for(info, tiny_input)
+    torch._dynamo.reset()
+    fn = fxai.compiled(info.fn, model, backend="aot_eager", **opts)
+    got = fn(tiny_input, TARGETS)
+    assert got.is_contiguous()
+    assert_maps_close(got, info.fn(model_fn, params, tiny_input, TARGETS, **opts), rtol=1e-4)
+    snap.assert_unchanged()
+
+
+@pytest.mark.slow
+def test_fxai_compiled_with_inductor_freezing(tiny_input):
+    model_fn, params = fxai.functional(make_tiny_cnn())
+    torch._dynamo.reset()
+    ig = fxai.compiled(fxai.integrated_gradients, make_tiny_cnn(), steps=4)
+    assert_maps_close(ig(tiny_input, TARGETS), fxai.integrated_gradients(model_fn, params, tiny_input, TARGETS, steps=4),
+                      rtol=1e-4)

@@ -36,6 +36,7 @@ from .attribution.perturbation import ablation_cam as ablation_cam
 from .attribution.perturbation import occlusion as occlusion
 from .attribution.perturbation import rise as rise
 from .attribution.perturbation import score_cam as score_cam
+from .compiled import compiled as compiled
 from . import postprocess as postprocess
 from . import registry as registry
 from . import metrics as metrics
@@ -46,6 +47,7 @@ __all__ = [
     "FunctionalModel",
     "ablation_cam",
     "cam",
+    "compiled",
     "eigen_cam",
     "eigen_grad_cam",
     "full_grad",
