@@ -22,6 +22,7 @@ SECTIONS = [
     ("CAM family", ["cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam", "eigen_cam",
                     "eigen_grad_cam", "full_grad", "guided_grad_cam"]),
     ("Perturbation methods", ["score_cam", "ablation_cam", "rise", "occlusion"]),
+    ("Compilation", ["compiled"]),
 ]
 
 HEADER = """# API reference

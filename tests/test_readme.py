@@ -31,3 +31,10 @@ def test_python_examples_run(tmp_path, monkeypatch):
     for i, block in enumerate(blocks):
         exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
     assert (tmp_path / "overlay.png").stat().st_size > 0 and (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_api_reference_is_generated_from_the_current_docstrings():
+    import runpy
+
+    render = runpy.run_path(str(README.parent / "docs" / "render_api.py"), run_name="render_api")
+    assert render["main"](["--check"]) == 0, "docs/api.md is out of date: run python docs/render_api.py"
