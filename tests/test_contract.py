@@ -241,3 +241,16 @@ def test_fxai_compiled_with_inductor_freezing(tiny_input):
     ig = fxai.compiled(fxai.integrated_gradients, make_tiny_cnn(), steps=4)
     assert_maps_close(ig(tiny_input, TARGETS), fxai.integrated_gradients(model_fn, params, tiny_input, TARGETS, steps=4),
                       rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gradient", "integrated_gradients", "input_x_gradient"])
+def test_compiled_model_fn_as_model_fn(name, tiny_input):
+    # torch.compile(model_fn) in place of model_fn: autograd runs its compiled backward for one target per
+    # input, torch.func batches the K backward passes of a [B, K] target.
+    info = METHODS[name]
+    model_fn, params = fxai.functional(make_tiny_cnn())
+    torch._dynamo.reset()
+    compiled_fn = torch.compile(model_fn, backend="aot_eager")
+    for target in (TARGETS, torch.tensor([[0, 1], [2, 3], [4, 0]])):
+        assert_maps_close(call(info, compiled_fn, params, tiny_input, target),
+                          call(info, model_fn, params, tiny_input, target), rtol=1e-5)

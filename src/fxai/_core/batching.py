@@ -54,15 +54,16 @@ def needs_graph(*trees) -> bool:
                                            for t in tree_leaves(trees))
 
 
-def score_gradients(score, primals: tuple, *, also=None):
+def score_gradients(score, primals: tuple, *, also=None, multi: bool = False):
     """Gradients of ``score(*primals) -> (s, aux)`` w.r.t. each primal: ``(grads, s, aux)``.
 
-    ``s`` of shape ``[N]`` gives gradients shaped like the primals; ``[N, K]`` gives ``[N, K, ...]``:
-    one forward, then K backward passes vectorised over one-hot cotangents. Results are differentiable
-    w.r.t. the primals and the tensors in ``also`` (e.g. the model's params), through ``torch.func``
-    or autograd, whenever grad mode asks for it.
+    ``s`` of shape ``[N]`` gives gradients shaped like the primals; ``multi`` scores ``[N, K]`` give
+    ``[N, K, ...]``: one forward, then K backward passes vectorised over one-hot cotangents (by
+    ``torch.func``, whose ``vmap`` also batches backward passes that autograd's cannot, e.g. compiled
+    ones). Results are differentiable w.r.t. the primals and the tensors in ``also`` (e.g. the model's
+    params), through ``torch.func`` or autograd, whenever grad mode asks for it.
     """
-    if not plain_autograd():
+    if multi or not plain_autograd():
         s, pullback, aux = vjp(score, *primals, has_aux=True)
         if s.ndim == 1:
             return pullback(torch.ones_like(s)), s, aux
@@ -80,10 +81,10 @@ def score_gradients(score, primals: tuple, *, also=None):
 
 def backward(s: torch.Tensor, wrt, *, keep: bool) -> tuple[torch.Tensor, ...]:
     """Gradients of the scores ``s [N]`` (or ``[N, K]``, batched over one-hot cotangents) w.r.t. the tensors
-    ``wrt``, by ``torch.autograd``; ``keep`` keeps their graph (differentiable results). Unused: zeros."""
+    ``wrt``, by ``torch.autograd`` (zeros for a tensor ``s`` does not depend on); ``keep`` keeps their graph."""
     if s.ndim == 1:
         grads = torch.autograd.grad(s, wrt, torch.ones_like(s), create_graph=keep, allow_unused=True)
-    else:
+    else:  # a callable target returning [N, K]
         grads = torch.autograd.grad(s, wrt, _one_hots(s), create_graph=keep, allow_unused=True,
                                     is_grads_batched=True)
         grads = [None if g is None else g.movedim(0, 1) for g in grads]
@@ -118,7 +119,7 @@ def input_gradients(model_fn, params, xs: torch.Tensor, target: Target, *,
             s = target.scores(logits, a)
             return s, s
 
-        (g,), _, _ = score_gradients(score, (xs[a:b],), also=params)
+        (g,), _, _ = score_gradients(score, (xs[a:b],), also=params, multi=target.multi)
         parts.append(g)
     return _cat(parts)
 

@@ -224,7 +224,7 @@ def layer_and_input_gradients(model_fn, params, x: torch.Tensor, target: Target,
     """
     fn = tapped(model_fn, layers)
     n = len(layers)
-    plain = plain_autograd()
+    plain = plain_autograd() and not target.multi  # K targets: one vmapped backward, by torch.func
     keep = needs_graph(params, x)
     shapes = None if plain else activation_shapes(model_fn, params, x[:1], layers)
     acts_all, grads_all, xgrads_all, scores_all = [], [], [], []
@@ -249,7 +249,7 @@ def layer_and_input_gradients(model_fn, params, x: torch.Tensor, target: Target,
                 return s, (s, acts)
 
             grads, _, (s_aux, acts) = score_gradients(score, (*deltas, rows) if wrt_input else deltas,
-                                                      also=(params, rows))
+                                                      also=(params, rows), multi=target.multi)
         acts_all.append(acts)
         grads_all.append(grads[:n])
         xgrads_all.append(grads[n] if wrt_input else None)
