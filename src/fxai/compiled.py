@@ -37,7 +37,7 @@ def compiled(method, module: nn.Module, *, freeze: bool = True, channels_last: b
     rounding; they are not differentiable w.r.t. the weights (compile your own
     loss for training). The first call compiles (tens of seconds on CPU); a new
     input shape compiles again. On resnet18 at 224×224 (CPU) Integrated
-    Gradients run in about 0.64× Captum's time (docs/benchmarks.md).
+    Gradients run in 0.64–0.74× Captum's time (docs/benchmarks.md).
 
     Args:
         method: any fxai method ``(model_fn, params, x, target, **options)``, e.g.
