@@ -54,6 +54,17 @@ def test_noisy_linear_matches_a_direct_sparse_solve():
             np.testing.assert_allclose(out[s, b].numpy(), ref, rtol=0, atol=1e-9)
 
 
+def test_noisy_linear_matches_a_direct_sparse_solve_across_multigrid_levels():
+    # 37 x 42 has three grid levels (37x42, 19x21, 10x11, 5x6), odd sizes included; removed shares from 2% to all.
+    x, ranks = setup(h=37, w=42, b=1, seed=3)
+    masks = M.top_mask(ranks, [30, 700, 1500, 37 * 42])
+    out = M.noisy_linear(0.0, tol=1e-12)(x, masks)
+    for s in range(3):
+        ref = direct_fill(x[0].numpy(), masks[s, 0].numpy())
+        np.testing.assert_allclose(out[s, 0].numpy(), ref, rtol=0, atol=1e-9)
+    torch.testing.assert_close(out[3], torch.zeros_like(out[3]))  # nothing known: filled with 0
+
+
 def test_noisy_linear_matches_pytorch_grad_cam_with_noise_0():
     road = pytest.importorskip("pytorch_grad_cam.metrics.road")
     x, ranks = setup(h=20, w=20, b=2, seed=1)

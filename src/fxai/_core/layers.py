@@ -99,6 +99,7 @@ def default_layer(model_fn, params, x: torch.Tensor) -> str:
     return best
 
 
+@torch.compiler.disable  # a discovery step that returns Python data: run eagerly, also inside torch.compile
 def _trace(model_fn: FunctionalModel, params, x: torch.Tensor):
     """Dry run of ``x[:1]`` with scoped hooks on every submodule: ``(events, calls)``.
 

@@ -160,11 +160,13 @@ class noisy_linear(Imputer):
     over the removed set :math:`M`, then ``noise`` × standard normal noise is
     added to the imputed pixels. All systems of a stack (masks × images ×
     channels) are solved by conjugate gradients with the 3×3 stencil as the
-    matrix product (one image's channels at a time, to stay in the CPU cache),
-    started from the same problem solved on a grid twice as coarse (recursively). ``tol`` is the relative residual at which a system counts as
-    solved (the default 1e-4 leaves errors of a few 1e-3 on 224×224 images in
-    float32, below ROAD's own noise; take 1e-7 in float64 to match a direct
-    sparse solve); ``max_iter`` bounds the iterations (default ``4 (H + W)``).
+    matrix product, preconditioned by a geometric multigrid V-cycle (four
+    images at a time): 11–19 iterations on
+    224×224 images whatever the share removed. ``tol`` is the relative residual
+    at which a system counts as solved (the default 1e-4 leaves errors below
+    5e-4 on 224×224 images in float32, far below ROAD's own noise; take 1e-7
+    in float64 to match a direct sparse solve); ``max_iter`` bounds the
+    iterations (default ``H + W``).
     An image whose every pixel is removed is filled with 0.
 
     Example:
@@ -194,45 +196,104 @@ class noisy_linear(Imputer):
 
 
 def linear_fill(x: torch.Tensor, mask: torch.Tensor, *, tol: float = 1e-6, max_iter: int | None = None,
-                block: int = 1) -> torch.Tensor:
+                block: int = 4) -> torch.Tensor:
     """Solve ROAD's linear system for images ``x [N, C, H, W]`` and masks ``[N, 1, H, W]`` (``True`` = unknown).
 
     The ``C`` channels of an image share its mask, hence the matrix. Systems are
-    solved ``block`` images at a time, so that a block's vectors stay in the CPU
-    cache (the solver is memory-bound). Returns ``[N, C, H, W]`` holding the
+    solved ``block`` images at a time: enough to share the per-operation cost of
+    the small coarse grids, few enough for the fine grid's vectors to stay in
+    the CPU cache. Returns ``[N, C, H, W]`` holding the
     solution on the mask and 0 elsewhere.
     """
     return torch.cat([_solve(xb, mb, tol, max_iter) for xb, mb in zip(x.split(block), mask.split(block))])
 
 
 def _solve(x, mask, tol, max_iter):
-    """Conjugate gradients on images padded and flattened by :func:`_flat`, started from :func:`_coarse_start`."""
+    """Conjugate gradients preconditioned by a multigrid V-cycle (:class:`_Multigrid`), from zero.
+
+    ``x [n, c, h, w]``, ``mask [n, 1, h, w]`` (``True`` = unknown); returns the solution on the mask, 0 elsewhere.
+    """
     n, c, h, w = x.shape
-    mf = _flat(mask.to(x.dtype))
-    diag = _stencil(_flat(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device)), w)
-
-    def matvec(v):
-        return (diag * v).sub_(_stencil(v, w)).mul_(mf)
-
-    rhs = _stencil(_flat(x) * (1 - mf), w).mul_(mf)
-    v = _flat(_coarse_start(x, ~mask, tol, max_iter)).mul_(mf)
-    r = rhs - matvec(v)
-    p = r.clone()
-    rr = r.square().sum(2, keepdim=True)
+    mg = _Multigrid(mask)
+    a = mg.matvec
+    rhs = _stencil(_flat(x) * (1 - mg.masks[0]), w).mul_(mg.masks[0])
+    v = torch.zeros_like(rhs)
+    r = rhs.clone()
+    z = mg.cycle(r)
+    p = z.clone()
+    rz = (r * z).sum(2, keepdim=True)
     stop = tol**2 * rhs.square().sum(2, keepdim=True)
     tiny = torch.finfo(x.dtype).tiny
-    for _ in range(max_iter if max_iter is not None else 4 * (h + w)):
-        if bool((rr <= stop).all()):
+    for _ in range(max_iter if max_iter is not None else h + w):
+        active = r.square().sum(2, keepdim=True) > stop
+        if not bool(active.any()):
             break
-        ap = matvec(p)
-        alpha = rr / (p * ap).sum(2, keepdim=True).clamp_min(tiny)
-        alpha = torch.where(rr > stop, alpha, 0)
+        ap = a(p)
+        alpha = torch.where(active, rz / (p * ap).sum(2, keepdim=True).clamp_min(tiny), 0)
         v.addcmul_(alpha, p)
         r.addcmul_(alpha, ap, value=-1)
-        rr_new = r.square().sum(2, keepdim=True)
-        p.mul_(rr_new / rr.clamp_min(tiny)).add_(r)
-        rr = rr_new
+        z = mg.cycle(r)
+        rz_new = (r * z).sum(2, keepdim=True)
+        p.mul_(rz_new / rz.clamp_min(tiny)).add_(z)
+        rz = rz_new
     return v.view(n, c, h + 2, w + 2)[..., 1:-1, 1:-1]
+
+
+class _Multigrid:
+    """A symmetric V-cycle for ROAD's masked system, the preconditioner of :func:`_solve`.
+
+    Level ``l + 1`` halves the grid; a coarse pixel is unknown when any of its 2×2 fine pixels is
+    (the known ones pin the error to 0). Its operator is the same stencil on the coarse grid, the
+    restriction sums 2×2 blocks and the prolongation copies a coarse value to its block (the
+    transpose of the restriction, so that the V-cycle is symmetric). Smoothing: one damped Jacobi
+    sweep before and one after the coarse correction; the coarsest level (at most 8 pixels a side)
+    gets 10 sweeps.
+    """
+
+    omega, sweeps, coarsest_sweeps = 0.8, 1, 10
+
+    def __init__(self, mask: torch.Tensor):
+        dtype = torch.float64 if mask.dtype == torch.float64 else torch.float32
+        m = mask.to(dtype)
+        self.sizes, self.masks, self.diags = [], [], []
+        while True:
+            h, w = m.shape[-2:]
+            self.sizes.append((h, w))
+            self.masks.append(_flat(m))
+            self.diags.append(_stencil(_flat(torch.ones(1, 1, h, w, dtype=m.dtype, device=m.device)), w))
+            if min(h, w) <= 8:
+                break
+            m = F.max_pool2d(m, 2, ceil_mode=True)
+
+    def matvec(self, v, level: int = 0):
+        return (self.diags[level] * v).sub_(_stencil(v, self.sizes[level][1])).mul_(self.masks[level])
+
+    def _smooth(self, e, r, level, sweeps):
+        scale = self.omega * self.masks[level] / self.diags[level].clamp_min(1e-12)
+        for _ in range(sweeps):
+            e = e + scale * (r - self.matvec(e, level)) if e is not None else scale * r
+        return e
+
+    def cycle(self, r, level: int = 0):
+        """The V-cycle's approximation of ``A_level^{-1} r`` (``r`` zero outside the level's mask)."""
+        if level == len(self.sizes) - 1:
+            return self._smooth(None, r, level, self.coarsest_sweeps)
+        e = self._smooth(None, r, level, self.sweeps)
+        coarse = self.cycle(self._restrict(r - self.matvec(e, level), level), level + 1)
+        e = e + self._prolong(coarse, level)
+        return self._smooth(e, r, level, self.sweeps)
+
+    def _restrict(self, r, level):
+        (h, w), mask = self.sizes[level], self.masks[level + 1]
+        grid = r.unflatten(-1, (h + 2, w + 2))[..., 1:-1, 1:-1]
+        summed = F.avg_pool2d(F.pad(grid, (0, w % 2, 0, h % 2)), 2, divisor_override=1)
+        return _flat(summed) * mask
+
+    def _prolong(self, e, level):
+        (h, w), (hc, wc) = self.sizes[level], self.sizes[level + 1]
+        grid = e.unflatten(-1, (hc + 2, wc + 2))[..., 1:-1, 1:-1]
+        fine = grid.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w]
+        return _flat(fine) * self.masks[level]
 
 
 def _flat(v: torch.Tensor) -> torch.Tensor:
@@ -249,20 +310,6 @@ def _stencil(v: torch.Tensor, w: int) -> torch.Tensor:
     out = torch.zeros_like(v)
     torch.add(t[..., :-2 * w2], t[..., 2 * w2:], out=out[..., w2:-w2]).add_(t[..., w2:-w2], alpha=2)
     return out.sub_(v, alpha=4)
-
-
-def _coarse_start(x: torch.Tensor, known: torch.Tensor, tol: float, max_iter) -> torch.Tensor:
-    """CG's starting point: the same problem solved on a grid twice as coarse, upsampled (cascadic multigrid)."""
-    h, w = x.shape[-2:]
-    known = known.to(x.dtype)
-    if min(h, w) < 16:
-        total = known.sum((2, 3), keepdim=True)
-        return ((x * known).sum((2, 3), keepdim=True) / total.clamp_min(1)).expand_as(x)
-    weight = F.avg_pool2d(known, 2, ceil_mode=True)
-    value = F.avg_pool2d(x * known, 2, ceil_mode=True) / weight.clamp_min(1e-12)
-    unknown = weight == 0
-    coarse = torch.where(unknown, _solve(value, unknown, tol, max_iter), value)
-    return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
 
 def _check(x, masks) -> None:
