@@ -60,10 +60,11 @@ def normalize(amap: torch.Tensor, mode: str = "minmax", *, batch_dims: int = 1, 
     """
     check_choice(mode, ("minmax", "maxabs", "sum"), name="mode")
     flat = _flat(amap, batch_dims)
-    if mode == "minmax":
-        lo, hi = flat.amin(-1), flat.amax(-1)
-        lo_, span = _per_map(lo, amap, batch_dims), _per_map(hi - lo, amap, batch_dims)
-        return torch.where(span > eps, (amap - lo_) / span.clamp_min(eps), torch.zeros_like(amap))
+    if mode == "minmax":  # two passes over the pixels (range, one fused scale): Score-CAM makes a mask per row
+        lo, hi = flat.aminmax(dim=-1)
+        span = hi - lo
+        scale = _per_map(torch.where(span > eps, 1 / span.clamp_min(eps), torch.zeros_like(span)), amap, batch_dims)
+        return torch.addcmul(-_per_map(lo, amap, batch_dims) * scale, amap, scale)
     scale = flat.abs().amax(-1) if mode == "maxabs" else flat.abs().sum(-1)
     scale = _per_map(scale, amap, batch_dims)
     return torch.where(scale > eps, amap / scale.clamp_min(eps), torch.zeros_like(amap))

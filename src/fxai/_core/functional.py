@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .taps import graph_tap
+
 _STATEFUL_IN_TRAINING = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.AlphaDropout)
 
 
@@ -36,8 +38,6 @@ class FunctionalModel:
         if layers not in self._taps:
             if torch.compiler.is_compiling():
                 return None  # FX cannot trace inside dynamo: the hook tap serves this call
-            from .taps import graph_tap
-
             self._taps[layers] = graph_tap(self.module, list(layers))
         return self._taps[layers]
 

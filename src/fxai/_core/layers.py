@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .batching import needs_graph, plain_autograd, backward, detached, row_chunks, score_gradients
+from .batching import _cat, backward, detached, needs_graph, plain_autograd, row_chunks, score_gradients
 from .functional import FunctionalModel
 from .targets import Target, check_logits
 from .taps import module_tap
@@ -255,11 +255,10 @@ def layer_and_input_gradients(model_fn, params, x: torch.Tensor, target: Target,
         grads_all.append(grads[:n])
         xgrads_all.append(grads[n] if wrt_input else None)
         scores_all.append(s_aux)
-    cat = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts)  # noqa: E731
-    acts = [cat([c[i] for c in acts_all]) for i in range(len(layers))]
-    grads = [cat([c[i] for c in grads_all]) for i in range(len(layers))]
-    xgrad = cat(xgrads_all) if wrt_input else None
-    return acts, grads, cat(scores_all), xgrad
+    acts = [_cat([c[i] for c in acts_all]) for i in range(n)]
+    grads = [_cat([c[i] for c in grads_all]) for i in range(n)]
+    xgrad = _cat(xgrads_all) if wrt_input else None
+    return acts, grads, _cat(scores_all), xgrad
 
 
 def forward_with_activations(model_fn, params, x: torch.Tensor, layers: list[str]):

@@ -20,6 +20,7 @@ from .._core.batching import _cat, row_chunks, unstack
 from .._core.checks import check_choice, check_input, check_positive_int
 from .._core.layers import forward_with_activations, resolve_layers, tapped, to_grid
 from .._core.targets import Target, TargetLike, as_target, check_logits
+from ..postprocess import normalize
 from ..postprocess import upsample as _resize
 from .integrated import _baseline
 
@@ -86,18 +87,6 @@ def _rows(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     return x.expand(len(i), *x.shape[1:]) if x.shape[0] == 1 else x[i]
 
 
-def _minmax(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Each map ``[n, h, w]`` min-max scaled to [0, 1] (a constant map to 0).
-
-    The values of :func:`fxai.postprocess.normalize` (``"minmax"``) in two passes over the pixels
-    (range, then one fused scale) instead of six: Score-CAM builds one such mask per masked input.
-    """
-    lo, hi = maps.flatten(1).aminmax(dim=1)
-    span = (hi - lo)[:, None, None]
-    scale = torch.where(span > eps, 1 / span.clamp_min(eps), torch.zeros_like(span))
-    return torch.addcmul(-lo[:, None, None] * scale, maps, scale)
-
-
 def _per_input(parts: list[torch.Tensor], batch: int) -> torch.Tensor:
     """Row scores of consecutive chunks, ``[R * B, ...]`` in all, as ``[R, B, ...]``."""
     rows = _cat(parts)
@@ -161,7 +150,7 @@ def score_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
     for a, b in row_chunks(channels * batch, chunk_size, target.group):
         r = torch.arange(a, b, device=x.device)
         k, i = r // batch, r % batch
-        masks = _minmax(_interpolate(act[i, k], size, align_corners=align_corners))
+        masks = normalize(_interpolate(act[i, k], size, align_corners=align_corners), "minmax")
         parts.append(_row_scores(model_fn, params, _rows(x, i) * masks[:, None], target, a, score))
     weights = _per_input(parts, batch)
     if channel_softmax:

@@ -161,8 +161,8 @@ class noisy_linear(Imputer):
     added to the imputed pixels. All systems of a stack (masks × images ×
     channels) are solved by conjugate gradients with the 3×3 stencil as the
     matrix product, preconditioned by a geometric multigrid V-cycle (four
-    images at a time): 11–19 iterations on
-    224×224 images whatever the share removed. ``tol`` is the relative residual
+    images at a time): 11–19 iterations on 224×224 images whatever the share
+    removed. ``tol`` is the relative residual
     at which a system counts as solved (the default 1e-4 leaves errors below
     5e-4 on 224×224 images in float32, far below ROAD's own noise; take 1e-7
     in float64 to match a direct sparse solve); ``max_iter`` bounds the
@@ -202,8 +202,8 @@ def linear_fill(x: torch.Tensor, mask: torch.Tensor, *, tol: float = 1e-6, max_i
     The ``C`` channels of an image share its mask, hence the matrix. Systems are
     solved ``block`` images at a time: enough to share the per-operation cost of
     the small coarse grids, few enough for the fine grid's vectors to stay in
-    the CPU cache. Returns ``[N, C, H, W]`` holding the
-    solution on the mask and 0 elsewhere.
+    the CPU cache. Returns ``[N, C, H, W]`` holding the solution on the mask
+    and 0 elsewhere.
     """
     return torch.cat([_solve(xb, mb, tol, max_iter) for xb, mb in zip(x.split(block), mask.split(block))])
 
