@@ -4,7 +4,7 @@ Compares fxai with Quantus and pytorch-grad-cam on the same images, maps and
 process, and with the floor: one forward pass over all perturbed inputs.
 Prints a Markdown table of per-image times and checks that the results match.
 
-    python benchmarks/bench_metrics.py --images 2
+    python benchmarks/bench_metrics.py --images 2 --repeats 3 --chunk-size 8
 """
 
 from __future__ import annotations
@@ -83,20 +83,40 @@ def main():
                        (q[:, 2::3] - coarse[:, 1:]).abs().max().item()))
         rows.append(("deletion, 49 points", "Quantus PixelFlipping (48 points)", t_q, t_floor))
 
-    # --- ROAD MoRF: 10 fractions, noisy linear imputation (noise 0 to compare) ---
+    # --- ROAD MoRF: 10 fractions, noisy linear imputation (noise 0 to compare), on a smooth map (compact removed
+    # regions, as from a CAM) and on a pixel-wise noisy one (scattered removed pixels, as from a gradient) ---
+    noisy = torch.rand(b, hw, hw, generator=g)
+    for kind, road_map in (("smooth map", amap), ("noisy map", noisy)):
+        road_rows(f"ROAD MoRF, 10 fractions, {kind}", net, model_fn, params, x, y, road_map, args, rows, checks)
+
+    ours = {r[0]: r[2] for r in rows if r[1] == "fxai"}
+    print(f"\nresnet18, 224×224, CPU, {torch.get_num_threads()} threads, {b} images, chunk_size={cs}\n")
+    print("| metric | implementation | s / image | × fxai | × floor |")
+    print("|---|---|---|---|---|")
+    for metric_name, impl, t, tf in rows:
+        print(f"| {metric_name} | {impl} | {t / b:.3f} | {t / ours[metric_name]:.2f} | {t / tf:.2f} |")
+    print("\n| check | max abs difference |\n|---|---|")
+    for name, d in checks:
+        print(f"| {name} | {d:.2e} |")
+
+
+def road_rows(name, net, model_fn, params, x, y, amap, args, rows, checks):
+    """Time ROAD MoRF (10 fractions) on ``amap``: fxai, its floor, pytorch-grad-cam and Quantus's imputation."""
+    b, hw, cs = x.shape[0], x.shape[-1], args.chunk_size
     fractions = [0.05 + 0.1 * i for i in range(10)]
     t_road, road = timed(lambda: M.road(model_fn, params, x, y, amap, fractions=fractions, noise=0.0,
                                         chunk_size=cs), args.repeats)
     counts = [round(f * hw * hw) for f in fractions]
+    ranks = M.ranking(amap)
     rstack = torch.where(M.top_mask(ranks, counts)[:, :, None], torch.zeros(()), x).flatten(0, 1)
 
     def road_floor():
         with torch.no_grad():
-            return net(rstack)
+            return torch.cat([net(rstack[i:i + cs]) for i in range(0, rstack.shape[0], cs)])
 
     t_rfloor, _ = timed(road_floor, args.repeats)
-    rows.append(("ROAD MoRF, 10 fractions", "fxai", t_road, t_rfloor))
-    rows.append(("ROAD MoRF, 10 fractions", "floor (1 forward over all inputs)", t_rfloor, t_rfloor))
+    rows.append((name, "fxai", t_road, t_rfloor))
+    rows.append((name, "floor (1 forward over all inputs)", t_rfloor, t_rfloor))
     from pytorch_grad_cam.metrics.perturbation_confidence import PerturbationConfidenceMetric, RemoveMostRelevantFirst
     from pytorch_grad_cam.metrics.road import NoisyLinearImputer
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -108,37 +128,28 @@ def main():
             x, amap.numpy(), targets, net, return_diff=False) for f in fractions], 1)
 
     t_gc, gc = timed(gradcam_road, args.repeats)
-    checks.append(("ROAD vs pytorch-grad-cam (noise 0)", float(np.abs(gc - road.numpy()).max())))
-    rows.append(("ROAD MoRF, 10 fractions", "pytorch-grad-cam ROADMostRelevantFirst", t_gc, t_rfloor))
-    if not args.skip_quantus:
-        # quantus.ROAD (0.6) ranks the C * H * W features but indexes an H * W mask: it raises IndexError on RGB
-        # inputs. Its imputation is called here the way ROAD means it, on the same pixels as fxai.
-        from quantus.functions.perturb_func import noisy_linear_imputation
+    checks.append((f"{name}: vs pytorch-grad-cam (noise 0)", float(np.abs(gc - road.numpy()).max())))
+    rows.append((name, "pytorch-grad-cam ROADMostRelevantFirst", t_gc, t_rfloor))
+    if args.skip_quantus:
+        return
+    # quantus.ROAD (0.6) ranks the C * H * W features but indexes an H * W mask: it raises IndexError on RGB
+    # inputs. Its imputation is called here the way ROAD means it, on the same pixels as fxai.
+    from quantus.functions.perturb_func import noisy_linear_imputation
 
-        order = ranks.flatten(1).argsort(1).numpy()  # rank 0 first: the most relevant pixels
+    order = ranks.flatten(1).argsort(1).numpy()  # rank 0 first: the most relevant pixels
 
-        def quantus_road():
-            scores = []
-            for f, k in zip(fractions, counts):
-                xs = np.stack([noisy_linear_imputation(arr=x[i].numpy(), indices=order[i, :k], noise=0.0)
-                               for i in range(b)])
-                with torch.no_grad():
-                    scores.append(net(torch.from_numpy(xs).float()).gather(1, y[:, None])[:, 0])
-            return torch.stack(scores, 1)
+    def quantus_road():
+        scores = []
+        for k in counts:
+            xs = np.stack([noisy_linear_imputation(arr=x[i].numpy(), indices=order[i, :k], noise=0.0)
+                           for i in range(b)])
+            with torch.no_grad():
+                scores.append(net(torch.from_numpy(xs).float()).gather(1, y[:, None])[:, 0])
+        return torch.stack(scores, 1)
 
-        t_qr, qr = timed(quantus_road, args.repeats)
-        rows.append(("ROAD MoRF, 10 fractions", "Quantus noisy_linear_imputation + forward", t_qr, t_rfloor))
-        checks.append(("ROAD vs Quantus's imputation (noise 0)", float((qr - road).abs().max())))
-
-    ours = {r[0]: r[2] for r in rows if r[1] == "fxai"}
-    print(f"\nresnet18, 224×224, CPU, {torch.get_num_threads()} threads, {b} images, chunk_size={cs}\n")
-    print("| metric | implementation | s / image | × fxai | × floor |")
-    print("|---|---|---|---|---|")
-    for metric_name, impl, t, tf in rows:
-        print(f"| {metric_name} | {impl} | {t / b:.3f} | {t / ours[metric_name]:.2f} | {t / tf:.2f} |")
-    print("\n| check | max abs difference |\n|---|---|")
-    for name, d in checks:
-        print(f"| {name} | {d:.2e} |")
+    t_qr, qr = timed(quantus_road, args.repeats)
+    rows.append((name, "Quantus noisy_linear_imputation + forward", t_qr, t_rfloor))
+    checks.append((f"{name}: vs Quantus's imputation (noise 0)", float((qr - road).abs().max())))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def test_noisy_linear_matches_a_direct_sparse_solve():
 
 
 def test_noisy_linear_matches_a_direct_sparse_solve_across_multigrid_levels():
-    # 37 x 42 has three grid levels (37x42, 19x21, 10x11, 5x6), odd sizes included; removed shares from 2% to all.
+    # 37 x 42 is padded to 40 x 44 (pixels outside the image), coarsened to 20 x 22 and solved exactly on 10 x 11;
+    # removed shares from 2% to all.
     x, ranks = setup(h=37, w=42, b=1, seed=3)
     masks = M.top_mask(ranks, [30, 700, 1500, 37 * 42])
     out = M.noisy_linear(0.0, tol=1e-12)(x, masks)
@@ -63,6 +64,43 @@ def test_noisy_linear_matches_a_direct_sparse_solve_across_multigrid_levels():
         ref = direct_fill(x[0].numpy(), masks[s, 0].numpy())
         np.testing.assert_allclose(out[s, 0].numpy(), ref, rtol=0, atol=1e-9)
     torch.testing.assert_close(out[3], torch.zeros_like(out[3]))  # nothing known: filled with 0
+
+
+def test_noisy_linear_matches_a_direct_sparse_solve_on_scattered_masks():
+    # Scattered removed pixels (a noisy map) are the case where a rediscretised coarse grid fails to anchor;
+    # 70 x 64 goes through three grids (72 x 64 padded, 36 x 32, 18 x 16) to the exact 9 x 8.
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(1, 3, 70, 64, generator=g, dtype=torch.float64)
+    masks = M.top_mask(M.ranking(torch.rand(1, 70, 64, generator=g)), [224, 2240, 4256])
+    out = M.noisy_linear(0.0, tol=1e-12)(x, masks)
+    for s in range(3):
+        ref = direct_fill(x[0].numpy(), masks[s, 0].numpy())
+        np.testing.assert_allclose(out[s, 0].numpy(), ref, rtol=0, atol=1e-9)
+
+
+def test_noisy_linear_converges_in_a_few_iterations_on_compact_and_scattered_masks():
+    # The multigrid preconditioner's job: a dozen iterations suffice whatever the shape of the removed set.
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, 3, 96, 96, generator=g, dtype=torch.float64)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 1, 6, 6, generator=g, dtype=torch.float64), size=(96, 96),
+                                             mode="bilinear")[:, 0]
+    maps = torch.cat([smooth, torch.rand(1, 96, 96, generator=g, dtype=torch.float64)])
+    masks = M.top_mask(M.ranking(maps), [4608, 8294])  # 50% and 90%
+    exact = M.noisy_linear(0.0, tol=1e-12)(x, masks)
+    fast = M.noisy_linear(0.0, tol=1e-12, max_iter=12)(x, masks)
+    torch.testing.assert_close(fast, exact, rtol=0, atol=1e-4)
+
+
+def test_noisy_linear_with_one_known_pixel_copies_it_everywhere():
+    # Every removed pixel is the mean of its neighbours: with one pixel known, the solution is that pixel's value.
+    # The system is nearly singular (one anchor for 1919 unknowns): float32 keeps about 5 digits.
+    x = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    masks = torch.ones(1, 1, 40, 48, dtype=torch.bool)
+    masks[0, 0, 31, 5] = False
+    for dtype, tol, atol in ((torch.float64, 1e-10, 1e-8), (torch.float32, 1e-6, 5e-5)):
+        out = M.noisy_linear(0.0, tol=tol)(x.to(dtype), masks)
+        want = x[0, :, 31, 5, None, None].expand(3, 40, 48).to(dtype)
+        torch.testing.assert_close(out[0, 0], want, rtol=0, atol=atol)
 
 
 def test_noisy_linear_matches_pytorch_grad_cam_with_noise_0():

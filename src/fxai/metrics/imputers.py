@@ -160,13 +160,13 @@ class noisy_linear(Imputer):
     over the removed set :math:`M`, then ``noise`` × standard normal noise is
     added to the imputed pixels. All systems of a stack (masks × images ×
     channels) are solved by conjugate gradients with the 3×3 stencil as the
-    matrix product, preconditioned by a geometric multigrid V-cycle (four
-    images at a time): 11–19 iterations on 224×224 images whatever the share
-    removed. ``tol`` is the relative residual
-    at which a system counts as solved (the default 1e-4 leaves errors below
-    5e-4 on 224×224 images in float32, far below ROAD's own noise; take 1e-7
-    in float64 to match a direct sparse solve); ``max_iter`` bounds the
-    iterations (default ``H + W``).
+    matrix product, preconditioned by an aggregation multigrid V-cycle with
+    Galerkin coarse operators (four images at a time): 3–10 iterations on
+    224×224 images, scattered or compact removed sets alike. ``tol`` is the
+    relative residual at which a system counts as solved (the default 1e-4
+    leaves errors below 1e-3, 6e-5 root-mean-square, on 224×224 images in
+    float32, far below ROAD's own noise; take 1e-7 in float64 to match a
+    direct sparse solve); ``max_iter`` bounds the iterations (default ``H + W``).
     An image whose every pixel is removed is filled with 0.
 
     Example:
@@ -212,104 +212,159 @@ def _solve(x, mask, tol, max_iter):
     """Conjugate gradients preconditioned by a multigrid V-cycle (:class:`_Multigrid`), from zero.
 
     ``x [n, c, h, w]``, ``mask [n, 1, h, w]`` (``True`` = unknown); returns the solution on the mask, 0 elsewhere.
+    The grid is padded at the bottom and right (with pixels outside the image: neither unknown nor neighbours)
+    to a size that halves evenly down to the coarsest level.
     """
     n, c, h, w = x.shape
-    mg = _Multigrid(mask)
-    a = mg.matvec
-    rhs = _stencil(_flat(x) * (1 - mg.masks[0]), w).mul_(mg.masks[0])
+    out_dtype = x.dtype
+    step = 1
+    while -(-h // step) * -(-w // step) > _Multigrid.coarsest:
+        step *= 2
+    pad = (0, -w % step, 0, -h % step)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x, m = F.pad(x.to(dtype), pad), F.pad(mask.to(dtype), pad)
+    mg = _Multigrid(m, F.pad(torch.ones(1, 1, h, w, dtype=dtype, device=x.device), pad))
+    rhs = _neighbours(x * (1 - m)).mul_(m)
     v = torch.zeros_like(rhs)
     r = rhs.clone()
     z = mg.cycle(r)
     p = z.clone()
-    rz = (r * z).sum(2, keepdim=True)
-    stop = tol**2 * rhs.square().sum(2, keepdim=True)
-    tiny = torch.finfo(x.dtype).tiny
+    rz, rr = _dot(r, z), _dot(r, r)
+    stop = tol**2 * rr
+    tiny = torch.finfo(dtype).tiny
     for _ in range(max_iter if max_iter is not None else h + w):
-        active = r.square().sum(2, keepdim=True) > stop
+        active = rr > stop
         if not bool(active.any()):
             break
-        ap = a(p)
-        alpha = torch.where(active, rz / (p * ap).sum(2, keepdim=True).clamp_min(tiny), 0)
+        ap = mg.matvec(p)
+        alpha = torch.where(active, rz / _dot(p, ap).clamp_min(tiny), 0)
         v.addcmul_(alpha, p)
         r.addcmul_(alpha, ap, value=-1)
         z = mg.cycle(r)
-        rz_new = (r * z).sum(2, keepdim=True)
+        rz_new, rr = _dot(r, z), _dot(r, r)
         p.mul_(rz_new / rz.clamp_min(tiny)).add_(z)
         rz = rz_new
-    return v.view(n, c, h + 2, w + 2)[..., 1:-1, 1:-1]
+    return v[..., :h, :w].to(out_dtype)
 
 
 class _Multigrid:
-    """A symmetric V-cycle for ROAD's masked system, the preconditioner of :func:`_solve`.
+    """A symmetric multigrid V-cycle for ROAD's masked system, the preconditioner of :func:`_solve`.
 
-    Level ``l + 1`` halves the grid; a coarse pixel is unknown when any of its 2×2 fine pixels is
-    (the known ones pin the error to 0). Its operator is the same stencil on the coarse grid, the
-    restriction sums 2×2 blocks and the prolongation copies a coarse value to its block (the
-    transpose of the restriction, so that the V-cycle is symmetric). Smoothing: one damped Jacobi
-    sweep before and one after the coarse correction; the coarsest level (at most 8 pixels a side)
-    gets 10 sweeps.
+    Level ``l + 1`` halves the grid: each coarse pixel aggregates a 2×2 block, and is unknown when any
+    of its fine pixels is. The prolongation ``P`` copies a coarse value onto the unknown pixels of its
+    block, the restriction is ``P^T`` (block sums) and the coarse operator is Galerkin's ``P^T A P``: a
+    9-point stencil with a coefficient per pixel, so that known pixels scattered among the removed ones
+    keep anchoring the coarse problem. Smoothing: one damped Jacobi sweep before and one after the
+    coarse correction, which is scaled by ``gamma`` (aggregates under-estimate smooth errors); the
+    coarsest level (at most ``coarsest`` pixels) is solved exactly through its inverse.
     """
 
-    omega, sweeps, coarsest_sweeps = 0.8, 1, 10
+    omega, gamma, coarsest = 0.8, 1.5, 256
 
-    def __init__(self, mask: torch.Tensor):
-        dtype = torch.float64 if mask.dtype == torch.float64 else torch.float32
-        m = mask.to(dtype)
-        self.sizes, self.masks, self.diags = [], [], []
-        while True:
-            h, w = m.shape[-2:]
-            self.sizes.append((h, w))
-            self.masks.append(_flat(m))
-            self.diags.append(_stencil(_flat(torch.ones(1, 1, h, w, dtype=m.dtype, device=m.device)), w))
-            if min(h, w) <= 8:
-                break
-            m = F.max_pool2d(m, 2, ceil_mode=True)
+    def __init__(self, mask: torch.Tensor, inside: torch.Tensor):
+        self.diag = _neighbours(inside)  # A v = mask * (diag * v - _neighbours(v)) on the fine level
+        self.masks, self.stencils, self.scales = [mask], [None], [self.omega * mask / (self.diag - 4).clamp_min(1)]
+        stencil = _fine_stencil(mask, self.diag)
+        while mask.shape[-2] * mask.shape[-1] > self.coarsest:
+            stencil = _coarsen(stencil)
+            centre = stencil[4]  # > 0 exactly where the aggregate holds an unknown pixel
+            mask = (centre > 0).to(centre.dtype)
+            self.masks.append(mask)
+            self.stencils.append(stencil)
+            self.scales.append(self.omega * mask / centre.clamp_min(1))
+        anchored = (self.masks[0] < inside).flatten(1).any(1)  # some pixel of the image is known
+        self.inverse = _coarsest_inverse(stencil, mask, anchored)
 
     def matvec(self, v, level: int = 0):
-        return (self.diags[level] * v).sub_(_stencil(v, self.sizes[level][1])).mul_(self.masks[level])
-
-    def _smooth(self, e, r, level, sweeps):
-        scale = self.omega * self.masks[level] / self.diags[level].clamp_min(1e-12)
-        for _ in range(sweeps):
-            e = e + scale * (r - self.matvec(e, level)) if e is not None else scale * r
-        return e
+        if level == 0:
+            return (self.diag * v).sub_(_neighbours(v)).mul_(self.masks[0])
+        return _apply(self.stencils[level], v)
 
     def cycle(self, r, level: int = 0):
         """The V-cycle's approximation of ``A_level^{-1} r`` (``r`` zero outside the level's mask)."""
-        if level == len(self.sizes) - 1:
-            return self._smooth(None, r, level, self.coarsest_sweeps)
-        e = self._smooth(None, r, level, self.sweeps)
-        coarse = self.cycle(self._restrict(r - self.matvec(e, level), level), level + 1)
-        e = e + self._prolong(coarse, level)
-        return self._smooth(e, r, level, self.sweeps)
-
-    def _restrict(self, r, level):
-        (h, w), mask = self.sizes[level], self.masks[level + 1]
-        grid = r.unflatten(-1, (h + 2, w + 2))[..., 1:-1, 1:-1]
-        summed = F.avg_pool2d(F.pad(grid, (0, w % 2, 0, h % 2)), 2, divisor_override=1)
-        return _flat(summed) * mask
-
-    def _prolong(self, e, level):
-        (h, w), (hc, wc) = self.sizes[level], self.sizes[level + 1]
-        grid = e.unflatten(-1, (hc + 2, wc + 2))[..., 1:-1, 1:-1]
-        fine = grid.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w]
-        return _flat(fine) * self.masks[level]
+        if level == len(self.masks) - 1:
+            n, c, h, w = r.shape
+            return torch.bmm(r.reshape(n, c, h * w), self.inverse).view(n, c, h, w)
+        scale = self.scales[level]
+        e = scale * r
+        residual = r - self.matvec(e, level)
+        pairs = residual[..., 0::2, :] + residual[..., 1::2, :]
+        coarse = self.cycle(pairs[..., 0::2] + pairs[..., 1::2], level + 1)
+        e.add_(coarse.repeat_interleave(2, -1).repeat_interleave(2, -2), alpha=self.gamma).mul_(self.masks[level])
+        return e.addcmul_(scale, r - self.matvec(e, level))
 
 
-def _flat(v: torch.Tensor) -> torch.Tensor:
-    """``[N, C, H, W]`` padded by one zero pixel on each side and flattened to ``[N, C, (H + 2) (W + 2)]``."""
-    return F.pad(v, (1, 1, 1, 1)).flatten(2)
+_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # stencil entry k couples pixel i to i + offset k
 
 
-def _stencil(v: torch.Tensor, w: int) -> torch.Tensor:
-    """12 × the weighted sum of each pixel's 8 neighbours, ``([1,2,1] outer [1,2,1]) * v - 4 v``, on images of
-    width ``w`` laid out by :func:`_flat` (zero border in, garbage border out): neighbours are flat offsets."""
-    w2 = w + 2
-    t = torch.zeros_like(v)
-    torch.add(v[..., :-2], v[..., 2:], out=t[..., 1:-1]).add_(v[..., 1:-1], alpha=2)
-    out = torch.zeros_like(v)
-    torch.add(t[..., :-2 * w2], t[..., 2 * w2:], out=out[..., w2:-w2]).add_(t[..., w2:-w2], alpha=2)
-    return out.sub_(v, alpha=4)
+def _fine_stencil(mask, diag):
+    """The fine operator as 9 coefficient maps ``[9, n, 1, H, W]``: ``A[i, i + offset]`` between unknown pixels."""
+    h, w = mask.shape[-2:]
+    padded = F.pad(mask, (1, 1, 1, 1))
+    return torch.stack([(diag - 4) * mask if dy == dx == 0 else
+                        mask * padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] * (-2.0 if dy * dx == 0 else -1.0)
+                        for dy, dx in _OFFSETS])
+
+
+def _coarsen(stencil):
+    """Galerkin's ``P^T A P`` for 2×2 aggregates: fine pixel ``(2I + a, 2J + b)`` and offset ``(dy, dx)`` add to
+    coarse pixel ``(I, J)`` at offset ``((a + dy) // 2, (b + dx) // 2)``."""
+    out = stencil.new_zeros(*stencil.shape[:3], stencil.shape[3] // 2, stencil.shape[4] // 2)
+    for a in (0, 1):
+        for b in (0, 1):
+            for k, (dy, dx) in enumerate(_OFFSETS):
+                out[((a + dy) // 2 + 1) * 3 + (b + dx) // 2 + 1].add_(stencil[k, ..., a::2, b::2])
+    return out
+
+
+def _apply(stencil, v):
+    """``(A v)_i = sum_k stencil[k]_i v_{i + offset k}`` (zero outside the grid)."""
+    h, w = v.shape[-2:]
+    padded = F.pad(v, (1, 1, 1, 1))
+    out = stencil[4] * v
+    for k, (dy, dx) in enumerate(_OFFSETS):
+        if k != 4:
+            out.addcmul_(stencil[k], padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w])
+    return out
+
+
+def _coarsest_inverse(stencil, mask, anchored):
+    """``[n, HW, HW]``: the inverse of the coarsest operator on its unknowns, 0 on known rows and columns.
+
+    Computed in float64: known pixels get an identity row, and so does every pixel of an image with no
+    known pixel (its system is singular, but its right-hand side is 0)."""
+    _, n, _, h, w = stencil.shape
+    idx = torch.arange(h * w, device=stencil.device).view(h, w)
+    a = torch.zeros(n, h * w, h * w, dtype=torch.float64, device=stencil.device)
+    for k, (dy, dx) in enumerate(_OFFSETS):
+        rows = (slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx)))
+        cols = (slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx)))
+        a[:, idx[rows].reshape(-1), idx[cols].reshape(-1)] = stencil[k, :, 0, rows[0], rows[1]].reshape(n, -1).double()
+    a.diagonal(dim1=1, dim2=2).add_(mask.flatten(1) == 0)
+    a[~anchored] = torch.eye(h * w, dtype=a.dtype, device=a.device)
+    factor, info = torch.linalg.cholesky_ex(a)
+    inverse = torch.cholesky_inverse(factor)
+    if bool((info > 0).any()):  # numerically semi-definite: a pseudo-inverse is as good a coarse solve
+        inverse[info > 0] = torch.linalg.pinv(a[info > 0], hermitian=True)
+    unknown = mask.flatten(1).to(a.dtype)
+    return inverse.mul_(unknown[:, :, None] * unknown[:, None, :]).to(stencil.dtype)
+
+
+def _neighbours(v: torch.Tensor) -> torch.Tensor:
+    """``([1, 2, 1] outer [1, 2, 1]) * v`` per image, zero outside: 12 × the weighted sum of each pixel's 8
+    neighbours (weights 1/6 axial, 1/12 diagonal) plus 4 × the pixel itself."""
+    t = v * 2
+    t[..., 1:, :] += v[..., :-1, :]
+    t[..., :-1, :] += v[..., 1:, :]
+    out = t * 2
+    out[..., 1:] += t[..., :-1]
+    out[..., :-1] += t[..., 1:]
+    return out
+
+
+def _dot(a, b):
+    """Per-system dot products ``[n, c, 1, 1]`` of ``[n, c, H, W]`` tensors."""
+    return torch.linalg.vecdot(a.flatten(2), b.flatten(2))[..., None, None]
 
 
 def _check(x, masks) -> None:
