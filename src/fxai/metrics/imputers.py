@@ -331,23 +331,25 @@ def _apply(stencil, v):
 def _coarsest_inverse(stencil, mask, anchored):
     """``[n, HW, HW]``: the inverse of the coarsest operator on its unknowns, 0 on known rows and columns.
 
-    Computed in float64: known pixels get an identity row, and so does every pixel of an image with no
-    known pixel (its system is singular, but its right-hand side is 0)."""
-    _, n, _, h, w = stencil.shape
-    idx = torch.arange(h * w, device=stencil.device).view(h, w)
-    a = torch.zeros(n, h * w, h * w, dtype=torch.float64, device=stencil.device)
+    Computed in float64 (on the CPU for devices without it): known pixels get an identity row, and so does
+    every pixel of an image with no known pixel (its system is singular, but its right-hand side is 0)."""
+    (_, n, _, h, w), target_device = stencil.shape, stencil.device
+    device = torch.device("cpu") if stencil.device.type == "mps" else stencil.device
+    stencil, mask, anchored = (t.to(device) for t in (stencil, mask, anchored))
+    idx = torch.arange(h * w, device=device).view(h, w)
+    a = torch.zeros(n, h * w, h * w, dtype=torch.float64, device=device)
     for k, (dy, dx) in enumerate(_OFFSETS):
         rows = (slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx)))
         cols = (slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx)))
         a[:, idx[rows].reshape(-1), idx[cols].reshape(-1)] = stencil[k, :, 0, rows[0], rows[1]].reshape(n, -1).double()
     a.diagonal(dim1=1, dim2=2).add_(mask.flatten(1) == 0)
-    a[~anchored] = torch.eye(h * w, dtype=a.dtype, device=a.device)
+    a[~anchored] = torch.eye(h * w, dtype=a.dtype, device=device)
     factor, info = torch.linalg.cholesky_ex(a)
     inverse = torch.cholesky_inverse(factor)
     if bool((info > 0).any()):  # numerically semi-definite: a pseudo-inverse is as good a coarse solve
         inverse[info > 0] = torch.linalg.pinv(a[info > 0], hermitian=True)
     unknown = mask.flatten(1).to(a.dtype)
-    return inverse.mul_(unknown[:, :, None] * unknown[:, None, :]).to(stencil.dtype)
+    return inverse.mul_(unknown[:, :, None] * unknown[:, None, :]).to(target_device, stencil.dtype)
 
 
 def _neighbours(v: torch.Tensor) -> torch.Tensor:
