@@ -38,6 +38,7 @@ def test_sparseness_and_complexity_closed_forms():
     torch.testing.assert_close(M.sparseness(one_hot), torch.tensor([0.75]))
     torch.testing.assert_close(M.sparseness(uniform), torch.tensor([0.0]))
     torch.testing.assert_close(M.complexity(one_hot), torch.tensor([0.0]))
+    assert not torch.signbit(M.complexity(one_hot)).any()  # 0, not -0
     torch.testing.assert_close(M.complexity(uniform), torch.tensor([math.log(4)]))
     a = torch.rand(3, 2, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5
     # Gini by its definition as a mean absolute difference: sum_ij |a_i - a_j| / (2 n sum_i a_i)

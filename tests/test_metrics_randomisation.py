@@ -43,6 +43,11 @@ def test_ssim_matches_skimage():
     torch.testing.assert_close(M.ssim(c, d, data_range=2.0), torch.tensor(ref, dtype=torch.float64),
                                rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(M.ssim(a, a), torch.ones(2, dtype=torch.float64))
+    # float32 maps far from 0 (a mean 1000 times their spread) keep float64's answer: variances of centred maps
+    e, f = (100 + a).float(), (100 + b).float()
+    ref = [metrics.structural_similarity(e[i].double().numpy(), f[i].double().numpy(), data_range=1.0)
+           for i in range(2)]
+    torch.testing.assert_close(M.ssim(e, f, data_range=1.0), torch.tensor(ref, dtype=torch.float32), rtol=0, atol=1e-4)
 
 
 def test_layer_order_and_randomised_params_leave_originals():

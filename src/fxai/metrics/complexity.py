@@ -54,4 +54,4 @@ def complexity(attribution: torch.Tensor) -> torch.Tensor:
     a = _flat_abs(attribution)
     total = a.sum(1, keepdim=True)
     p = a / torch.where(total > 0, total, torch.ones_like(total))
-    return -torch.xlogy(p, p).sum(1)
+    return 0.0 - torch.xlogy(p, p).sum(1)  # not -xlogy: a single nonzero entry gives 0, not -0

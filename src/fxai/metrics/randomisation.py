@@ -150,10 +150,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float | torch.Tensor |
 
     npix = win_size * win_size
     cov = npix / (npix - 1)
+    mx, my = x.mean((2, 3), keepdim=True), y.mean((2, 3), keepdim=True)
+    x, y = x - mx, y - my  # (co)variances from centred maps: E[x^2] - E[x]^2 cancels less
     ux, uy = pool(x), pool(y)
     vx = cov * (pool(x * x) - ux * ux)
     vy = cov * (pool(y * y) - uy * uy)
     vxy = cov * (pool(x * y) - ux * uy)
+    ux, uy = ux + mx.view(bsz, c, 1), uy + my.view(bsz, c, 1)
     c1, c2 = (k1 * rng.view(-1, 1, 1)) ** 2, (k2 * rng.view(-1, 1, 1)) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s.mean((1, 2))
