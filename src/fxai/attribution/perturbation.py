@@ -177,7 +177,9 @@ def ablation_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *
 
     pytorch-grad-cam's ``AblationCAM`` computes the same weights on the raw
     target output; it differs where the layer's activation has negative values
-    (it then ablates to ``min(A) - 1e7`` instead of 0), for token layers (it
+    (it then ablates to ``min(A) - 1e7`` instead of 0, re-reading the minimum
+    after each channel of a batch is overwritten, so the k-th channel of a
+    batch gets ``min(A) - (k + 1) 1e7``), for token layers (it
     also ablates the class token) and with ``ratio_channels_to_ablate < 1``
     (skipped channels get weight 0).
 
