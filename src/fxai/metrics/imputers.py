@@ -299,11 +299,9 @@ _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # stencil entry
 
 def _fine_stencil(mask, diag):
     """The fine operator as 9 coefficient maps ``[9, n, 1, H, W]``: ``A[i, i + offset]`` between unknown pixels."""
-    h, w = mask.shape[-2:]
     padded = F.pad(mask, (1, 1, 1, 1))
     return torch.stack([(diag - 4) * mask if dy == dx == 0 else
-                        mask * padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] * (-2.0 if dy * dx == 0 else -1.0)
-                        for dy, dx in _OFFSETS])
+                        mask * _shifted(padded, dy, dx) * (-2.0 if dy * dx == 0 else -1.0) for dy, dx in _OFFSETS])
 
 
 def _coarsen(stencil):
@@ -319,13 +317,18 @@ def _coarsen(stencil):
 
 def _apply(stencil, v):
     """``(A v)_i = sum_k stencil[k]_i v_{i + offset k}`` (zero outside the grid)."""
-    h, w = v.shape[-2:]
     padded = F.pad(v, (1, 1, 1, 1))
     out = stencil[4] * v
     for k, (dy, dx) in enumerate(_OFFSETS):
         if k != 4:
-            out.addcmul_(stencil[k], padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w])
+            out.addcmul_(stencil[k], _shifted(padded, dy, dx))
     return out
+
+
+def _shifted(padded, dy, dx):
+    """``v_{i + (dy, dx)}`` at every pixel ``i`` of ``v``, from ``v`` zero-padded by one pixel on each side."""
+    h, w = padded.shape[-2] - 2, padded.shape[-1] - 2
+    return padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
 
 
 def _coarsest_inverse(stencil, mask, anchored):
