@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 
 import fxai  # noqa: E402
-from fxai.attribution.perturbation import _rise_draw, _rise_masks  # noqa: E402
+from fxai.attribution.masks import _rise_draw, _rise_masks  # noqa: E402
 
 
 def interleaved(fns: dict, repeats: int) -> dict:

@@ -9,8 +9,9 @@ import torchvision
 from conftest import Conv4, ModuleSnapshot, leftover_hooks, make_tiny_cnn
 
 import fxai
-from fxai._core.layers import split
-from fxai.attribution.cam import first_component
+from fxai._core.discovery import resolve_layers
+from fxai._core.functional import split
+from fxai.attribution.cam_driver import first_component
 from fxai.postprocess import normalize
 
 GRAD_METHODS = [fxai.grad_cam, fxai.hires_cam, fxai.grad_cam_plus_plus, fxai.xgrad_cam, fxai.layer_cam,
@@ -233,7 +234,7 @@ def _sweep(arch, methods):
     snapshot = ModuleSnapshot(module)
     model_fn, params = fxai.functional(module)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    assert fxai.attribution.cam.resolve_layers(model_fn, None, params=params, x=x) == [expected_layer]
+    assert resolve_layers(model_fn, None, params=params, x=x) == [expected_layer]
     for method in methods:
         if method is fxai.cam and arch not in GAP_LINEAR:
             continue
@@ -300,7 +301,7 @@ def test_swin_channels_last_matches_pytorch_grad_cam():
                  reshape_transform=lambda t: t.permute(0, 3, 1, 2)) as oracle:
         want = torch.from_numpy(oracle(input_tensor=x.clone(), targets=[ClassifierOutputTarget(3)]))
     torch.testing.assert_close(normalize(got), want, rtol=1e-5, atol=2e-5)
-    assert fxai.attribution.cam.resolve_layers(model_fn, None, params=params, x=x) == ["permute"]
+    assert resolve_layers(model_fn, None, params=params, x=x) == ["permute"]
     torch.testing.assert_close(fxai.grad_cam(model_fn, params, x, 3),
                                fxai.grad_cam(model_fn, params, x, 3, layer="permute"), rtol=0, atol=0)
 

@@ -5,8 +5,10 @@ import torch
 from conftest import Conv4, leftover_hooks, make_tiny_cnn
 
 import fxai
-from fxai._core.layers import (default_layer, layer_and_input_gradients, layer_gradients, resolve_layers, split,
-                               tapped, to_grid, trace_modules)
+from fxai._core.discovery import default_layer, resolve_layers, trace_modules
+from fxai._core.functional import split
+from fxai._core.layers import layer_and_input_gradients, layer_gradients, tapped
+from fxai.grids import to_grid
 from fxai._core.targets import as_target
 
 

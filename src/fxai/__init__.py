@@ -9,7 +9,7 @@ Every method is a pure function ``(model_fn, params, x, target, *, options) -> m
 
 from ._core.functional import FunctionalModel as FunctionalModel
 from ._core.functional import functional as functional
-from ._core.layers import split as split
+from ._core.functional import split as split
 from ._core.rules import relu_rule as relu_rule
 from ._core.rules import with_relu_rule as with_relu_rule
 from .attribution.gradient import gradient as gradient
@@ -22,20 +22,21 @@ from .attribution.integrated import path_rule as path_rule
 from .attribution.smooth import smoothgrad as smoothgrad
 from .attribution.smooth import smoothgrad_sq as smoothgrad_sq
 from .attribution.smooth import vargrad as vargrad
-from .attribution.cam import cam as cam
-from .attribution.cam import eigen_cam as eigen_cam
-from .attribution.cam import eigen_grad_cam as eigen_grad_cam
-from .attribution.cam import full_grad as full_grad
-from .attribution.cam import grad_cam as grad_cam
-from .attribution.cam import grad_cam_plus_plus as grad_cam_plus_plus
-from .attribution.cam import guided_grad_cam as guided_grad_cam
-from .attribution.cam import hires_cam as hires_cam
-from .attribution.cam import layer_cam as layer_cam
-from .attribution.cam import xgrad_cam as xgrad_cam
-from .attribution.perturbation import ablation_cam as ablation_cam
-from .attribution.perturbation import occlusion as occlusion
-from .attribution.perturbation import rise as rise
-from .attribution.perturbation import score_cam as score_cam
+from .attribution.class_activation import cam as cam
+from .attribution.full_grad import full_grad as full_grad
+from .attribution.gradient_cams import eigen_cam as eigen_cam
+from .attribution.gradient_cams import eigen_grad_cam as eigen_grad_cam
+from .attribution.gradient_cams import grad_cam as grad_cam
+from .attribution.gradient_cams import grad_cam_plus_plus as grad_cam_plus_plus
+from .attribution.gradient_cams import guided_grad_cam as guided_grad_cam
+from .attribution.gradient_cams import hires_cam as hires_cam
+from .attribution.gradient_cams import layer_cam as layer_cam
+from .attribution.gradient_cams import xgrad_cam as xgrad_cam
+from .attribution.masked_cams import ablation_cam as ablation_cam
+from .attribution.masked_cams import score_cam as score_cam
+from .attribution.masks import occlusion as occlusion
+from .attribution.masks import rise as rise
+from .grids import to_grid as to_grid
 from .compiled import compiled as compiled
 from . import postprocess as postprocess
 from . import registry as registry
@@ -74,6 +75,7 @@ __all__ = [
     "relu_rule",
     "smoothgrad",
     "split",
+    "to_grid",
     "smoothgrad_sq",
     "vargrad",
     "with_relu_rule",

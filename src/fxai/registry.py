@@ -1,58 +1,164 @@
-"""Every public attribution method, with what it needs: the list the CLI, the demo and the contract tests read."""
+"""The one list of attribution methods and transforms, with what each needs: the CLI, the demo, the docs and
+the contract tests read it.
+
+Adding a method is one function in one file and one row here; what the signature states (a ``layer``
+option, a ``key``) is read from it, not written twice.
+
+Example:
+    >>> info = registry.method("integrated_gradients")
+    >>> info.layered, info.randomised
+    (False, False)
+    >>> sorted(registry.options(info, size=(32, 32), quick=True))
+    ['steps']
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from .attribution import cam as _cam
-from .attribution import gradient as _gradient
-from .attribution import guided as _guided
-from .attribution import integrated as _integrated
-from .attribution import perturbation as _perturbation
+from .attribution import class_activation, full_grad, gradient, gradient_cams, guided, integrated, masked_cams, masks
+from .attribution import smooth
+
+KINDS = ("pixel", "cam", "transform")
+FAMILIES = ("gradient", "cam", "mask", "transform")
+
+
+def _frozen(d=None) -> Mapping:
+    return MappingProxyType(dict(d or {}))
 
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A public method: ``kind`` is ``"pixel"`` (map shaped like ``x``) or ``"cam"`` (map ``[B, H, W]``);
-    ``randomised`` methods take a ``key``; ``layered`` ones take a ``layer``."""
+    """A registry row.
+
+    ``kind``: ``"pixel"`` (a map shaped like ``x``), ``"cam"`` (``[B, H, W]``) or ``"transform"`` (a function
+    ``method -> method``, e.g. SmoothGrad). ``family`` groups rows for plots and tests (``"gradient"``:
+    backpropagation maps; ``"cam"``: layer maps; ``"mask"``: maps from masked inputs; ``"transform"``).
+    ``needs``: inputs the caller must supply (``"references"``). ``cost``: the options that set the method's
+    cost, at a full budget (scaled down by :func:`options`). ``quick``: small settings that exercise the
+    method in a fraction of a second (tests, quick runs). ``sized``: options computed from the input's
+    ``(H, W)``.
+    """
 
     name: str
     fn: Callable
     kind: str = "pixel"
-    randomised: bool = False
-    layered: bool = False
+    family: str = "gradient"
     needs: tuple[str, ...] = ()
+    cost: Mapping[str, int] = field(default_factory=_frozen)
+    quick: Mapping[str, object] = field(default_factory=_frozen)
+    sized: Callable[[tuple[int, int]], dict] | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS or self.family not in FAMILIES:
+            raise ValueError(f"{self.name}: kind must be one of {KINDS} and family one of {FAMILIES}")
+        object.__setattr__(self, "cost", _frozen(self.cost))
+        object.__setattr__(self, "quick", _frozen(self.quick))
+
+    @property
+    def parameters(self) -> Mapping[str, inspect.Parameter]:
+        """The keyword options of the method (of the method a transform returns, for transforms)."""
+        fn = self.fn(gradient.gradient) if self.kind == "transform" else self.fn
+        return inspect.signature(fn).parameters
+
+    @property
+    def layered(self) -> bool:
+        """Whether the method takes a ``layer``."""
+        return "layer" in self.parameters
+
+    @property
+    def randomised(self) -> bool:
+        """Whether the method takes a ``key`` (randomised methods refuse to run without one)."""
+        return "key" in self.parameters
+
+
+def _occlusion_window(size) -> dict:
+    window = max(2, min(size) // 8)
+    return {"window": window, "stride": max(1, window // 2)}
 
 
 _ALL = [
-    MethodInfo("gradient", _gradient.gradient),
-    MethodInfo("input_x_gradient", _gradient.input_x_gradient),
-    MethodInfo("integrated_gradients", _integrated.integrated_gradients),
-    MethodInfo("expected_gradients", _integrated.expected_gradients, randomised=True, needs=("references",)),
-    MethodInfo("guided_backprop", _guided.guided_backprop),
-    MethodInfo("deconvnet", _guided.deconvnet),
-    MethodInfo("cam", _cam.cam, kind="cam", layered=True),
-    MethodInfo("grad_cam", _cam.grad_cam, kind="cam", layered=True),
-    MethodInfo("grad_cam_plus_plus", _cam.grad_cam_plus_plus, kind="cam", layered=True),
-    MethodInfo("xgrad_cam", _cam.xgrad_cam, kind="cam", layered=True),
-    MethodInfo("hires_cam", _cam.hires_cam, kind="cam", layered=True),
-    MethodInfo("layer_cam", _cam.layer_cam, kind="cam", layered=True),
-    MethodInfo("eigen_cam", _cam.eigen_cam, kind="cam", layered=True),
-    MethodInfo("eigen_grad_cam", _cam.eigen_grad_cam, kind="cam", layered=True),
-    MethodInfo("full_grad", _cam.full_grad, kind="cam"),
-    MethodInfo("guided_grad_cam", _cam.guided_grad_cam, layered=True),
-    MethodInfo("score_cam", _perturbation.score_cam, kind="cam", layered=True),
-    MethodInfo("ablation_cam", _perturbation.ablation_cam, kind="cam", layered=True),
-    MethodInfo("rise", _perturbation.rise, kind="cam", randomised=True),
-    MethodInfo("occlusion", _perturbation.occlusion),
+    MethodInfo("gradient", gradient.gradient),
+    MethodInfo("input_x_gradient", gradient.input_x_gradient),
+    MethodInfo("integrated_gradients", integrated.integrated_gradients, cost={"steps": 128}, quick={"steps": 4}),
+    MethodInfo("expected_gradients", integrated.expected_gradients, needs=("references",), cost={"samples": 128},
+               quick={"samples": 4}),
+    MethodInfo("guided_backprop", guided.guided_backprop),
+    MethodInfo("deconvnet", guided.deconvnet),
+    MethodInfo("cam", class_activation.cam, kind="cam", family="cam"),
+    MethodInfo("grad_cam", gradient_cams.grad_cam, kind="cam", family="cam"),
+    MethodInfo("grad_cam_plus_plus", gradient_cams.grad_cam_plus_plus, kind="cam", family="cam"),
+    MethodInfo("xgrad_cam", gradient_cams.xgrad_cam, kind="cam", family="cam"),
+    MethodInfo("hires_cam", gradient_cams.hires_cam, kind="cam", family="cam"),
+    MethodInfo("layer_cam", gradient_cams.layer_cam, kind="cam", family="cam"),
+    MethodInfo("eigen_cam", gradient_cams.eigen_cam, kind="cam", family="cam"),
+    MethodInfo("eigen_grad_cam", gradient_cams.eigen_grad_cam, kind="cam", family="cam"),
+    MethodInfo("full_grad", full_grad.full_grad, kind="cam", family="cam"),
+    MethodInfo("guided_grad_cam", gradient_cams.guided_grad_cam, family="cam"),
+    MethodInfo("score_cam", masked_cams.score_cam, kind="cam", family="cam"),
+    MethodInfo("ablation_cam", masked_cams.ablation_cam, kind="cam", family="cam"),
+    MethodInfo("rise", masks.rise, kind="cam", family="mask", cost={"num_masks": 2000},
+               quick={"num_masks": 8, "cell_size": 4}),
+    MethodInfo("occlusion", masks.occlusion, family="mask", sized=_occlusion_window,
+               quick={"window": (4, 4), "stride": 4}),
+    MethodInfo("smoothgrad", smooth.smoothgrad, kind="transform", family="transform", cost={"samples": 50},
+               quick={"samples": 3}),
+    MethodInfo("smoothgrad_sq", smooth.smoothgrad_sq, kind="transform", family="transform", cost={"samples": 50},
+               quick={"samples": 3}),
+    MethodInfo("vargrad", smooth.vargrad, kind="transform", family="transform", cost={"samples": 50},
+               quick={"samples": 3}),
 ]
 
-METHODS: dict[str, MethodInfo] = {m.name: m for m in _ALL}
+ENTRIES: dict[str, MethodInfo] = {m.name: m for m in _ALL}
+METHODS: dict[str, MethodInfo] = {m.name: m for m in _ALL if m.kind != "transform"}
+TRANSFORMS: dict[str, MethodInfo] = {m.name: m for m in _ALL if m.kind == "transform"}
 
 
 def method(name: str) -> MethodInfo:
-    """The :class:`MethodInfo` called ``name``; an unknown name gets an error listing the known ones."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available methods: {', '.join(METHODS)}")
-    return METHODS[name]
+    """The row of the method or transform called ``name``; an unknown name gets an error listing the known ones."""
+    if name not in ENTRIES:
+        raise ValueError(f"unknown method {name!r}; available methods: {', '.join(METHODS)}; "
+                         f"transforms: {', '.join(TRANSFORMS)}")
+    return ENTRIES[name]
+
+
+def options(info: MethodInfo, *, size, layer: str | None = None, key=0, references=None, scale: int | None = None,
+            chunk_size: int | None = None, quick: bool = False) -> dict:
+    """Keyword options to call ``info.fn`` with: ``layer``, ``key``, what it ``needs``, its sized options, its cost.
+
+    ``size`` is the input's ``(H, W)``. ``scale`` divides the ``cost`` options (``None`` keeps the method's
+    own defaults); ``quick`` applies the row's ``quick`` settings. Only options that the method accepts are
+    passed; a need with nothing to give raises :class:`LookupError`.
+    """
+    accepted = info.parameters
+    out = {}
+    if info.layered:
+        out["layer"] = layer
+    if info.randomised:
+        out["key"] = key
+    provided = {"references": references}
+    for need in info.needs:
+        if provided.get(need) is None:
+            raise LookupError(f"{info.name} needs {need!r} and none were given")
+        out[need] = provided[need]
+    wanted = dict(info.sized(tuple(size))) if info.sized else {}
+    if scale is not None:
+        wanted.update({k: max(2, v // scale) for k, v in info.cost.items()})
+    if quick:
+        wanted.update(info.quick)
+    if chunk_size is not None:
+        wanted["chunk_size"] = chunk_size
+    out.update({k: v for k, v in wanted.items() if k in accepted})
+    return out
+
+
+def applied(transform: MethodInfo, base: MethodInfo, **settings) -> MethodInfo:
+    """The row of ``transform(base)``, e.g. SmoothGrad² over the gradient: a method like any other."""
+    if transform.kind != "transform" or base.kind == "transform":
+        raise ValueError(f"applied(transform, base): {transform.name!r} must be a transform and {base.name!r} a method")
+    fn = transform.fn(base.fn, **settings)
+    return MethodInfo(f"{transform.name}({base.name})", fn, kind=base.kind, family=base.family, needs=base.needs,
+                      cost=base.cost, quick=base.quick, sized=base.sized)

@@ -132,3 +132,8 @@ def unstack(rows: torch.Tensor, repeats: int) -> torch.Tensor:
 def per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape per-input values ``[B]`` (or ``[B, K]``) to broadcast against ``like [B, ...]``."""
     return values.reshape(*values.shape, *([1] * (like.ndim - values.ndim)))
+
+
+def expand_like(x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """``x [B, ...]`` broadcast against maps ``[B, ...]`` or ``[B, K, ...]``."""
+    return x if grads.ndim == x.ndim else x.unsqueeze(1)

@@ -34,3 +34,31 @@ def check_choice(value, choices, *, name: str):
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def as_baseline(baseline, x: torch.Tensor) -> torch.Tensor:
+    """``baseline`` (a number, a tensor broadcastable to ``x`` or a callable ``x -> tensor``) as a tensor like ``x``."""
+    if callable(baseline) and not isinstance(baseline, torch.Tensor):
+        baseline = baseline(x)
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return torch.full_like(x, float(baseline))
+    if not isinstance(baseline, torch.Tensor):
+        raise TypeError(f"baseline must be a number, a tensor broadcastable to x or a callable x -> tensor; "
+                        f"got {type(baseline).__name__}")
+    try:
+        return baseline.to(x).expand_as(x)
+    except RuntimeError:
+        raise ValueError(f"baseline of shape {tuple(baseline.shape)} does not broadcast to x of shape "
+                         f"{tuple(x.shape)}") from None
+
+
+def check_map(attribution, x, *, name: str = "attribution") -> None:
+    """Check that ``attribution`` is a map ``[B, H, W]`` or ``[B, C, H, W]`` matching the batch and size of ``x``."""
+    if not isinstance(attribution, torch.Tensor) or not attribution.is_floating_point():
+        got = attribution.dtype if isinstance(attribution, torch.Tensor) else type(attribution).__name__
+        raise TypeError(f"{name} must be a floating-point map [B, H, W] or [B, C, H, W], got {got}")
+    if attribution.ndim not in (3, 4) or attribution.shape[0] != x.shape[0] \
+            or attribution.shape[-2:] != x.shape[-2:]:
+        raise ValueError(f"{name} must have shape [B, H, W] or [B, C, H, W] with B, H, W = {x.shape[0]}, "
+                         f"{x.shape[-2]}, {x.shape[-1]} (those of x); got {tuple(attribution.shape)}. "
+                         "Upsample low-resolution maps first (fxai.postprocess.upsample)")

@@ -1,4 +1,4 @@
-"""Turn an ``nn.Module`` into a pure function ``model_fn(params, x) -> logits``."""
+"""Pure model functions ``model_fn(params, x) -> logits``: a module made functional, or two pure halves."""
 
 from __future__ import annotations
 
@@ -79,3 +79,44 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
     own = (lambda b: b.detach().clone()) if allow_training else (lambda b: b.detach())
     params.update({name: own(b) for name, b in module.named_buffers()})
     return FunctionalModel(module), params
+
+
+class SplitModel:
+    """A pure model given as two halves: ``head(params, features(params, x))``.
+
+    Its one layer, named ``"features"``, is the output of ``features``: the
+    way to use layer methods (the CAM family) on a hand-written ``model_fn``
+    that has no module to tap. Made by :func:`split`.
+    """
+
+    __slots__ = ("features", "head")
+    layer = "features"
+
+    def __init__(self, features, head):
+        self.features = features
+        self.head = head
+
+    def __call__(self, params, x: torch.Tensor) -> torch.Tensor:
+        return self.head(params, self.features(params, x))
+
+    def __repr__(self) -> str:
+        return f"SplitModel({getattr(self.features, '__name__', 'features')}, {getattr(self.head, '__name__', 'head')})"
+
+
+def split(features, head) -> SplitModel:
+    """A ``model_fn`` from two pure halves, whose layer ``"features"`` is the output of ``features``.
+
+    ``model_fn(params, x) = head(params, features(params, x))``: both halves
+    take the same ``params``. Layer methods called on it with ``layer=None`` (or
+    ``"features"``) explain the ``features`` output.
+
+    Example:
+        >>> features = lambda p, x: torch.relu(torch.nn.functional.conv2d(x, p["w"]))
+        >>> head = lambda p, a: a.mean((2, 3)) @ p["fc"].T
+        >>> model_fn = fxai.split(features, head)
+        >>> m = fxai.grad_cam(model_fn, params, x, target=0)
+    """
+    if not callable(features) or not callable(head):
+        raise TypeError(f"split(features, head): both must be callables (params, input) -> tensor; "
+                        f"got {type(features).__name__} and {type(head).__name__}")
+    return SplitModel(features, head)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 Key = int | torch.Generator
@@ -48,3 +50,22 @@ def integers(key: Key | None, high: int, shape, like: torch.Tensor) -> torch.Ten
     """Integers in ``[0, high)`` of ``shape`` drawn from ``key``, on ``like``'s device."""
     gen = generator(key)
     return torch.randint(high, shape, generator=gen, device=gen.device).to(like.device)
+
+
+def takes_key(method) -> bool:
+    """Whether ``method`` accepts a ``key`` keyword (a randomised method)."""
+    try:
+        return "key" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def split_key(key, *, needed: bool):
+    """``(tie_key, imputer_seed)`` from ``key``: a generator for tie-breaking and an int seed for the imputer."""
+    if key is None:
+        if needed:
+            generator(None)
+        return None, None
+    gen = generator(key)
+    seed = int(torch.randint(2**62, (), generator=gen, device=gen.device))
+    return gen, seed

@@ -150,3 +150,21 @@ def _call_fn(fn, logits, group):
         raise ValueError(f"target: a callable target must return scores [B] or [B, K] for logits of batch B; got {got}")
     return out
 
+
+
+def scored_model(model_fn, softmax: bool):
+    """``model_fn``, or ``softmax(model_fn(params, x))`` when ``softmax`` is True."""
+    if not isinstance(softmax, bool):
+        raise TypeError(f"softmax must be True (score probabilities) or False (score logits), got {softmax!r}")
+    if not softmax:
+        return model_fn
+    return lambda params, x: torch.softmax(model_fn(params, x), dim=-1)
+
+
+def one_per_input(model_fn, params, x, target):
+    """The target with top-1 fixed on the clean ``x``; one score per input (no ``[B, K]`` targets)."""
+    tgt = as_target(target, x)
+    if tgt.multi:
+        raise ValueError("target: metrics score one class per input; pass an int, a LongTensor [B], None or a "
+                         "callable, not a LongTensor [B, K]")
+    return tgt.fixed(model_fn, params, x)

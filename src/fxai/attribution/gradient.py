@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from .._core.batching import input_gradients
+from .._core.batching import expand_like, input_gradients
+from .._core.docs import documented
 from .._core.checks import check_input, check_positive_int
 from .._core.targets import TargetLike, as_target
 
 
-def _expand_like(x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """``x [B, ...]`` broadcast against maps ``[B, ...]`` or ``[B, K, ...]``."""
-    return x if grads.ndim == x.ndim else x.unsqueeze(1)
-
-
+@documented(x="input batch ``[B, ...]``.")
 def gradient(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
              chunk_size: int | None = None) -> torch.Tensor:
     r"""Vanilla gradient (saliency): :math:`\partial f_c(x) / \partial x`.
 
     Simonyan et al., "Deep Inside Convolutional Networks", 2014.
 
-    Args:
-        model_fn: pure ``model_fn(params, x) -> logits`` (see :func:`fxai.functional`).
-        params: the parameters and buffers ``model_fn`` takes.
-        x: input batch ``[B, ...]``.
-        target: class index, ``LongTensor[B]`` or ``[B, K]``, ``None`` (top-1) or
-            a callable ``logits -> scores[B]``.
-        chunk_size: at most this many inputs per forward/backward pass.
+    {args}
 
     Returns:
         A map shaped like ``x``, or ``[B, K, ...]`` for K targets per input.
@@ -39,14 +30,20 @@ def gradient(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
     return input_gradients(model_fn, params, x, as_target(target, x), chunk_size=chunk_size)
 
 
+@documented(x="input batch ``[B, ...]``.")
 def input_x_gradient(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
                      chunk_size: int | None = None) -> torch.Tensor:
     r"""Input × gradient: :math:`x \odot \partial f_c(x) / \partial x`.
 
-    Shrikumar et al., "Not Just a Black Box", 2016. Arguments as :func:`gradient`.
+    Shrikumar et al., "Not Just a Black Box", 2016.
+
+    {args}
+
+    Returns:
+        A map shaped like ``x``, or ``[B, K, ...]`` for K targets per input.
 
     Example:
         >>> a = fxai.input_x_gradient(model_fn, params, x, target=3)
     """
     grads = gradient(model_fn, params, x, target, chunk_size=chunk_size)
-    return _expand_like(x, grads) * grads
+    return expand_like(x, grads) * grads

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from .._core import keys
-from .._core.batching import input_gradients, scores, unstack
-from .._core.checks import check_choice, check_input, check_positive_int
+from .._core.batching import expand_like, input_gradients, scores, unstack
+from .._core.docs import documented
+from .._core.checks import as_baseline, check_choice, check_input, check_positive_int
 from .._core.targets import TargetLike, as_target
-from .gradient import _expand_like
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -39,21 +39,6 @@ def path_rule(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return alphas, torch.full((n,), 1 / n, dtype=torch.float64)
 
 
-def _baseline(baseline, x: torch.Tensor) -> torch.Tensor:
-    if callable(baseline) and not isinstance(baseline, torch.Tensor):
-        baseline = baseline(x)
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
-    if not isinstance(baseline, torch.Tensor):
-        raise TypeError(f"baseline must be a number, a tensor broadcastable to x or a callable x -> tensor; "
-                        f"got {type(baseline).__name__}")
-    try:
-        return baseline.to(x).expand_as(x)
-    except RuntimeError:
-        raise ValueError(f"baseline of shape {tuple(baseline.shape)} does not broadcast to x of shape "
-                         f"{tuple(x.shape)}") from None
-
-
 def _completeness_error(model_fn, params, x, base, target, attribution, chunk_size):
     both = scores(model_fn, params, torch.cat([x, base]), target, chunk_size=chunk_size)
     fx, fb = both[: x.shape[0]], both[x.shape[0]:]
@@ -61,6 +46,12 @@ def _completeness_error(model_fn, params, x, base, target, attribution, chunk_si
     return sums - (fx - fb)
 
 
+@documented(steps="number of path points.",
+            method="``\"riemann_left\"``, ``\"riemann_right\"``, ``\"riemann_middle\"``, ``\"riemann_trapezoid\"`` "
+                   "or ``\"gausslegendre\"`` (see :func:`path_rule`).",
+            return_error="also return the completeness error :math:`\\sum \\mathrm{IG} - (f_c(x) - f_c(b))`, shape "
+                         "``[B]`` (or ``[B, K]``).",
+            x="input batch ``[B, ...]``.")
 def integrated_gradients(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
                          baseline=0.0, steps: int = 50, method: str = "gausslegendre",
                          chunk_size: int | None = None, return_error: bool = False):
@@ -74,14 +65,7 @@ def integrated_gradients(model_fn, params, x: torch.Tensor, target: TargetLike =
     ``chunk_size``); quadrature weights sum to 1, so completeness
     :math:`\sum \mathrm{IG} = f_c(x) - f_c(b)` holds up to the quadrature error.
 
-    Args:
-        baseline: a number, a tensor broadcastable to ``x`` or a callable ``x -> baseline``.
-        steps: number of path points.
-        method: ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"``,
-            ``"riemann_trapezoid"`` or ``"gausslegendre"`` (see :func:`path_rule`).
-        return_error: also return the completeness error
-            :math:`\sum \mathrm{IG} - (f_c(x) - f_c(b))`, shape ``[B]`` (or ``[B, K]``).
-        Others as :func:`fxai.gradient`.
+    {args}
 
     Returns:
         A map shaped like ``x`` (``[B, K, ...]`` for K targets), and the error if asked.
@@ -93,18 +77,20 @@ def integrated_gradients(model_fn, params, x: torch.Tensor, target: TargetLike =
     check_positive_int(chunk_size, name="chunk_size", allow_none=True)
     alphas, weights = path_rule(method, steps)
     target = as_target(target, x).fixed(model_fn, params, x)
-    base = _baseline(baseline, x)
+    base = as_baseline(baseline, x)
     shape = (-1,) + (1,) * x.ndim
     alphas = alphas.to(x.device, x.dtype).view(shape)
     path = (base + alphas * (x - base)).flatten(0, 1)
     grads = unstack(input_gradients(model_fn, params, path, target, chunk_size=chunk_size), steps)
     mean_grad = torch.tensordot(weights.to(x.device, x.dtype), grads, dims=1)
-    attribution = _expand_like(x - base, mean_grad) * mean_grad
+    attribution = expand_like(x - base, mean_grad) * mean_grad
     if return_error:
         return attribution, _completeness_error(model_fn, params, x, base, target, attribution, chunk_size)
     return attribution
 
 
+@documented(references="reference batch ``[R, ...]`` (e.g. training images).",
+            samples="Monte-Carlo samples per input.", x="input batch ``[B, ...]``.")
 def expected_gradients(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
                        references: torch.Tensor, samples: int = 32, key: keys.Key | None = None,
                        chunk_size: int | None = None) -> torch.Tensor:
@@ -118,14 +104,10 @@ def expected_gradients(model_fn, params, x: torch.Tensor, target: TargetLike = N
     Each of the ``samples`` draws picks a reference uniformly and a path point
     uniformly, per input, from ``key``.
 
-    Args:
-        references: reference batch ``[R, ...]`` (e.g. training images).
-        samples: Monte-Carlo samples per input.
-        key: int seed or ``torch.Generator`` (required).
-        Others as :func:`fxai.gradient`.
+    {args}
 
     Example:
-        >>> eg = fxai.expected_gradients(model_fn, params, x, 3, references=train[:64], key=0)
+        >>> eg = fxai.expected_gradients(model_fn, params, x, 3, references=torch.rand(16, 3, 32, 32), key=0)
     """
     check_input(x)
     check_input(references, name="references")

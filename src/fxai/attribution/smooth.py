@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import inspect
 
 import torch
 
 from .._core import keys
 from .._core.batching import unstack
+from .._core.docs import documented
 from .._core.checks import check_input, check_positive_int
 from .._core.targets import as_target
 
@@ -32,17 +32,10 @@ def noisy_maps(method, model_fn, params, x, target, /, *, samples: int, sigma: f
     noise = keys.normal(gen, (samples, *x.shape), x) * (sigma * span)
     resolved = as_target(target, x).fixed(model_fn, params, x)
     options = dict(options or {})
-    if _takes_key(method):
+    if keys.takes_key(method):
         options["key"] = gen
     maps = method(model_fn, params, (x + noise).flatten(0, 1), resolved.stacked(samples), **options)
     return unstack(maps, samples)
-
-
-def _takes_key(method) -> bool:
-    try:
-        return "key" in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _ensemble(reduce, name: str, doc: str):
@@ -55,13 +48,21 @@ def _ensemble(reduce, name: str, doc: str):
                                      key=key, options=options))
 
         ensembled.__name__ = ensembled.__qualname__ = f"{name}({getattr(method, '__name__', 'method')})"
-        ensembled.__doc__ = f"{doc.strip()}\n\nApplied to :func:`{getattr(method, '__name__', 'method')}`."
+        ensembled.__doc__ = (f"{name} of :func:`{getattr(method, '__name__', 'method')}` ({samples} samples, "
+                             f"sigma {sigma}); the arguments of that method, plus the required ``key``.")
         del ensembled.__wrapped__
         return ensembled
 
     transform.__name__ = transform.__qualname__ = name
     transform.__doc__ = doc
-    return transform
+    return documented(transform, **_TRANSFORM_ARGS)
+
+
+_TRANSFORM_ARGS = {
+    "method": "an attribution method ``(model_fn, params, x, target, **options) -> map``.",
+    "samples": "number of noisy copies (default 50).",
+    "sigma": "noise standard deviation relative to each input's range :math:`x_{max} - x_{min}` (default 0.15).",
+}
 
 
 smoothgrad = _ensemble(lambda m: m.mean(0), "smoothgrad", r"""
@@ -72,9 +73,14 @@ SmoothGrad: the mean of a method's maps over noisy copies of the input.
 
 Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017. ``sigma``
 is the noise level relative to each input's range (the paper's 10–20%
-works well). Returns a method with the signature of ``method`` plus a
-required keyword ``key`` (int seed or ``torch.Generator``); all ``samples``
-copies run as one vectorised batch (bounded by the method's ``chunk_size``).
+works well). All ``samples`` copies run as one vectorised batch (bounded
+by the method's ``chunk_size``).
+
+{args}
+
+Returns:
+    A method with the signature of ``method`` plus a required keyword ``key``
+    (int seed or ``torch.Generator``).
 
 Example:
     >>> sg = fxai.smoothgrad(fxai.integrated_gradients, samples=16, sigma=0.15)
@@ -87,7 +93,12 @@ SmoothGrad²: the mean of a method's squared maps over noisy copies of the input
 .. math:: \mathrm{SG^2}(x) = \frac1S \sum_{s=1}^S M(x + \epsilon_s)^2
 
 Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural
-Networks", NeurIPS 2019. Noise and arguments as :func:`fxai.smoothgrad`.
+Networks", NeurIPS 2019. Noise as :func:`fxai.smoothgrad`.
+
+{args}
+
+Returns:
+    A method with the signature of ``method`` plus a required keyword ``key``.
 
 Example:
     >>> m = fxai.smoothgrad_sq(fxai.gradient, samples=16)(model_fn, params, x, 3, key=0)
@@ -99,8 +110,12 @@ VarGrad: the (population) variance of a method's maps over noisy copies of the i
 .. math:: \mathrm{VG}(x) = \frac1S \sum_{s=1}^S \big(M(x + \epsilon_s) - \mathrm{SG}(x)\big)^2
 
 Adebayo et al., "Local Explanation Methods for Deep Neural Networks Lack
-Sensitivity to Parameter Values", 2018. Noise and arguments as
-:func:`fxai.smoothgrad`.
+Sensitivity to Parameter Values", 2018. Noise as :func:`fxai.smoothgrad`.
+
+{args}
+
+Returns:
+    A method with the signature of ``method`` plus a required keyword ``key``.
 
 Example:
     >>> m = fxai.vargrad(fxai.gradient, samples=16)(model_fn, params, x, 3, key=0)

@@ -15,53 +15,12 @@ import torch
 from .._core import keys
 from .._core.batching import scores as stacked_scores
 from .._core.batching import unstack
-from .._core.checks import check_choice, check_input, check_positive_int
-from .._core.targets import TargetLike, as_target
-from .ranking import bottom_mask, fraction_counts, n_units, ranking, step_counts, top_mask
+from .._core.checks import check_choice, check_input, check_map, check_positive_int
+from .._core.targets import TargetLike, one_per_input, scored_model
+from .ranking import bottom_mask, n_units, ranking, step_counts, top_mask
 from .imputers import as_imputer, blur, constant, uniform_noise
 
 ORDERS = ("morf", "lerf", "insertion")
-
-
-def scored_model(model_fn, softmax: bool):
-    """``model_fn``, or ``softmax(model_fn(params, x))`` when ``softmax`` is True."""
-    if not isinstance(softmax, bool):
-        raise TypeError(f"softmax must be True (score probabilities) or False (score logits), got {softmax!r}")
-    if not softmax:
-        return model_fn
-    return lambda params, x: torch.softmax(model_fn(params, x), dim=-1)
-
-
-def resolved_target(model_fn, params, x, target):
-    """The target with top-1 fixed on the clean ``x``; one score per input (no ``[B, K]`` targets)."""
-    tgt = as_target(target, x)
-    if tgt.multi:
-        raise ValueError("target: metrics score one class per input; pass an int, a LongTensor [B], None or a "
-                         "callable, not a LongTensor [B, K]")
-    return tgt.fixed(model_fn, params, x)
-
-
-def check_map(attribution, x, *, name: str = "attribution") -> None:
-    """Check that ``attribution`` is a map ``[B, H, W]`` or ``[B, C, H, W]`` matching the batch and size of ``x``."""
-    if not isinstance(attribution, torch.Tensor) or not attribution.is_floating_point():
-        got = attribution.dtype if isinstance(attribution, torch.Tensor) else type(attribution).__name__
-        raise TypeError(f"{name} must be a floating-point map [B, H, W] or [B, C, H, W], got {got}")
-    if attribution.ndim not in (3, 4) or attribution.shape[0] != x.shape[0] \
-            or attribution.shape[-2:] != x.shape[-2:]:
-        raise ValueError(f"{name} must have shape [B, H, W] or [B, C, H, W] with B, H, W = {x.shape[0]}, "
-                         f"{x.shape[-2]}, {x.shape[-1]} (those of x); got {tuple(attribution.shape)}. "
-                         "Upsample low-resolution maps first (fxai.postprocess.upsample)")
-
-
-def split_key(key, *, needed: bool):
-    """``(tie_key, imputer_seed)`` from ``key``: a generator for tie-breaking and an int seed for the imputer."""
-    if key is None:
-        if needed:
-            keys.generator(None)
-        return None, None
-    gen = keys.generator(key)
-    seed = int(torch.randint(2**62, (), generator=gen, device=gen.device))
-    return gen, seed
 
 
 def perturbation_curve(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor, *,
@@ -100,11 +59,11 @@ def perturbation_curve(model_fn, params, x: torch.Tensor, target: TargetLike, at
     check_choice(order, ORDERS, name="order")
     check_positive_int(chunk_size, name="chunk_size", allow_none=True)
     imp = as_imputer(imputer)
-    tie_key, seed = split_key(key, needed=bool(getattr(imp, "randomised", False)))
+    tie_key, seed = keys.split_key(key, needed=bool(getattr(imp, "randomised", False)))
     ranks = ranking(attribution, reduce=reduce, patch=patch, key=tie_key)
     counts = torch.as_tensor(counts, device=x.device).long().reshape(-1)
     fn = scored_model(model_fn, softmax)
-    tgt = resolved_target(fn, params, x, target)
+    tgt = one_per_input(fn, params, x, target)
     steps, batch = counts.shape[0], x.shape[0]
     block = steps if chunk_size is None else max(1, chunk_size // batch)
     parts = []

@@ -16,9 +16,7 @@ import torch.nn.functional as F
 from .._core import keys
 from .._core.checks import check_choice
 from .._core.functional import FunctionalModel
-from .._core.targets import TargetLike
-from .perturbation import resolved_target
-from .robustness import _takes_key
+from .._core.targets import TargetLike, one_per_input
 
 
 def _parameter_names(params, model_fn=None) -> list[str]:
@@ -212,10 +210,10 @@ def randomisation(model_fn, params, x: torch.Tensor, target: TargetLike, attribu
         raise ValueError("layers: no layer to randomise")
     gen = keys.generator(key)
     random = randomised_params(params, order, key=gen, model_fn=model_fn)
-    tgt = resolved_target(model_fn, params, x, target)
+    tgt = one_per_input(model_fn, params, x, target)
     fixed = tgt.index[:, 0] if tgt.index is not None else tgt.fn
     options = dict(method_options or {})
-    if "key" not in options and _takes_key(method):
+    if "key" not in options and keys.takes_key(method):
         options["key"] = gen
     names = _parameter_names(params, model_fn)
     out = []

@@ -12,7 +12,7 @@ import torch
 
 from .._core.checks import check_choice, check_input, check_positive_int
 from .._core.targets import TargetLike
-from .ranking import bottom_mask, fraction_counts, n_units, ranking, step_counts, top_mask
+from .ranking import fraction_counts, n_units
 from .imputers import noisy_linear
 from .perturbation import perturbation_curve
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from .._core import keys
 from .._core.batching import scores as stacked_scores
 from .._core.batching import unstack
 from .._core.checks import check_input, check_positive_int
-from .._core.targets import TargetLike
-from .perturbation import resolved_target, scored_model
+from .._core.targets import TargetLike, one_per_input, scored_model
+
 
 
 def _perturbations(perturb, x, samples, key, default):
@@ -73,7 +71,7 @@ def infidelity(model_fn, params, x: torch.Tensor, target: TargetLike, attributio
     amap = _pixel_map(attribution, x)
     noise = _perturbations(perturb, x, samples, key, lambda g: sigma * keys.normal(g, (samples, *x.shape), x))
     fn = scored_model(model_fn, softmax)
-    tgt = resolved_target(fn, params, x, target)
+    tgt = one_per_input(fn, params, x, target)
     with torch.no_grad():
         rows = torch.cat([x, (x[None] - noise).flatten(0, 1)])
         s = unstack(stacked_scores(fn, params, rows, tgt, chunk_size=chunk_size), samples + 1)
@@ -83,13 +81,6 @@ def infidelity(model_fn, params, x: torch.Tensor, target: TargetLike, attributio
         beta = (dot * diff).mean(0) / dot.square().mean(0)
         dot = dot * beta
     return (dot - diff).square().mean(0)
-
-
-def _takes_key(method) -> bool:
-    try:
-        return "key" in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def max_sensitivity(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor, *,
@@ -133,8 +124,8 @@ def max_sensitivity(model_fn, params, x: torch.Tensor, target: TargetLike, attri
     gen = keys.generator(key)
     delta = _perturbations(perturb, x, samples, gen,
                            lambda g: radius * (2 * keys.uniform(g, (samples, *x.shape), x) - 1))
-    tgt = resolved_target(model_fn, params, x, target)
-    if "key" not in options and _takes_key(method):
+    tgt = one_per_input(model_fn, params, x, target)
+    if "key" not in options and keys.takes_key(method):
         options["key"] = gen
     maps = method(model_fn, params, (x[None] + delta).flatten(0, 1), tgt.stacked(samples), **options)
     maps = unstack(maps.detach(), samples)
