@@ -55,8 +55,9 @@ class Block(nn.Module):
 class TinyCNN(nn.Module):
     """conv-BN-nn.ReLU, conv-nn.ReLU(inplace), strided conv-F.relu, block (conv-Tensor.relu), GAP, dropout, linear."""
 
-    def __init__(self, classes: int = 5):
+    def __init__(self, classes: int = 5, smooth_input: bool = False):
         super().__init__()
+        self.smooth_input = smooth_input  # tanh(x) first: input gradients then vary smoothly with x
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(8)
         self.relu1 = nn.ReLU()
@@ -68,6 +69,8 @@ class TinyCNN(nn.Module):
         self.fc = nn.Linear(16, classes)
 
     def forward(self, x):
+        if self.smooth_input:
+            x = torch.tanh(x)
         x = self.relu1(self.bn1(self.conv1(x)))
         x = self.relu2(self.conv2(x))
         x = F.relu(self.conv3(x))
@@ -76,9 +79,9 @@ class TinyCNN(nn.Module):
         return self.fc(self.drop(x))
 
 
-def make_tiny_cnn(seed: int = 0, classes: int = 5) -> TinyCNN:
+def make_tiny_cnn(seed: int = 0, classes: int = 5, smooth_input: bool = False) -> TinyCNN:
     torch.manual_seed(seed)
-    model = TinyCNN(classes)
+    model = TinyCNN(classes, smooth_input)
     with torch.no_grad():  # non-trivial BatchNorm statistics
         model.bn1.running_mean.uniform_(-0.2, 0.2)
         model.bn1.running_var.uniform_(0.5, 1.5)

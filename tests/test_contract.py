@@ -1,7 +1,7 @@
-"""The contract every public method keeps, driven by ``fxai.registry.METHODS``.
+"""The contract every public method keeps, driven by ``fxai.registry``: every method, and every transform
+applied to the input × gradient.
 
-Each method runs on the tiny CNN with small options. Methods that still raise
-NotImplementedError are skipped, so their checks start as soon as they land.
+Each method runs on the tiny CNN with its registry row's ``quick`` settings.
 """
 
 from __future__ import annotations
@@ -11,18 +11,15 @@ import torch
 from conftest import ModuleSnapshot, active_modes, leftover_hooks, make_tiny_cnn
 
 import fxai
-from fxai.registry import METHODS
+from fxai import registry
 
 LAYER = "layer4"
 B = 3
 
-# Small per-method options; layered methods also get ``layer``, randomised ones ``key``.
-OPTIONS = {
-    "integrated_gradients": {"steps": 4},
-    "expected_gradients": {"samples": 4},
-    "rise": {"num_masks": 8, "cell_size": 4},
-    "occlusion": {"window": (4, 4), "stride": 4},
-}
+# Every method, and every transform applied to a method whose maps vary with the input.
+ROWS = {**registry.METHODS,
+        **{f"{t.name}(input_x_gradient)": registry.applied(t, registry.METHODS["input_x_gradient"], **t.quick)
+           for t in registry.TRANSFORMS.values()}}
 
 
 def _references(x):
@@ -30,14 +27,7 @@ def _references(x):
 
 
 def options_for(info, x, key=0):
-    opts = dict(OPTIONS.get(info.name, {}))
-    if info.layered:
-        opts["layer"] = LAYER
-    if info.randomised:
-        opts["key"] = key
-    if "references" in info.needs:
-        opts["references"] = _references(x)
-    return opts
+    return registry.options(info, size=x.shape[-2:], layer=LAYER, key=key, references=_references(x), quick=True)
 
 
 def call(info, model_fn, params, x, target, **extra):
@@ -49,9 +39,9 @@ def expected_shape(info, x, k=None):
     return lead + (tuple(x.shape[1:]) if info.kind == "pixel" else tuple(x.shape[2:]))
 
 
-@pytest.fixture(params=list(METHODS), ids=list(METHODS))
+@pytest.fixture(params=list(ROWS), ids=list(ROWS))
 def info(request):
-    return METHODS[request.param]
+    return ROWS[request.param]
 
 
 TARGETS = torch.tensor([0, 4, 2])
@@ -65,12 +55,7 @@ def setup(info, tiny_input):
     model = make_tiny_cnn()
     model_fn, params = fxai.functional(model)
     if info.name not in _OUTPUTS:
-        try:
-            _OUTPUTS[info.name] = call(info, model_fn, params, tiny_input, TARGETS)
-        except NotImplementedError:
-            _OUTPUTS[info.name] = None
-    if _OUTPUTS[info.name] is None:
-        pytest.skip(f"{info.name} is not implemented yet")
+        _OUTPUTS[info.name] = call(info, model_fn, params, tiny_input, TARGETS)
     return model, model_fn, params, _OUTPUTS[info.name]
 
 
@@ -87,10 +72,14 @@ def test_shape_dtype_finite(info, setup, tiny_input):
     assert out.abs().sum() > 0
 
 
-def test_k_targets_shape(info, setup, tiny_input):
-    _, model_fn, params, _ = setup
-    out = call(info, model_fn, params, tiny_input, torch.tensor([[0, 1], [2, 3], [4, 0]]))
-    assert out.shape == expected_shape(info, tiny_input, 2)
+def test_k_targets_equal_single_targets(info, setup64):
+    # Column k of a [B, K] target's maps is the map of target column k (one forward shared by the K).
+    model_fn, params, x, _ = setup64
+    targets = torch.tensor([[0, 1, 3], [2, 3, 2], [4, 0, 1]])
+    out = call(info, model_fn, params, x, targets)
+    assert out.shape == expected_shape(info, x, 3)
+    for k in range(3):
+        assert_maps_close(out[:, k], call(info, model_fn, params, x, targets[:, k]), rtol=1e-9)
 
 
 # Batch and chunk checks run in float64, where any logic error stands out of rounding noise.
@@ -151,11 +140,30 @@ def test_differentiable_wrt_params(info, setup, tiny_input):
         assert_maps_close(torch.zeros_like(g) if a is None else a, g, rtol=1e-4)
 
 
-def test_differentiable_wrt_input(info, setup, tiny_input):
-    _, model_fn, params, _ = setup
-    x = tiny_input[:2]
-    g = torch.func.grad(lambda x: call(info, model_fn, params, x, TARGETS[:2]).square().sum())(x)
+def test_differentiable_wrt_input(info, tiny_input):
+    # The gradient of a loss of the map w.r.t. x, against central differences along random directions
+    # (float64): a method that detached x would fail. The model starts with tanh(x), so that even maps that
+    # are piecewise constant in x on a ReLU network (gradients) vary with it.
+    model_fn, params = fxai.functional(make_tiny_cnn(smooth_input=True).double())
+    x = tiny_input[:2].double()
+    rand = torch.Generator().manual_seed(3)
+    weights = None
+
+    def loss(x):
+        nonlocal weights
+        m = call(info, model_fn, params, x, TARGETS[:2])
+        if weights is None:
+            weights = torch.randn(m.shape, generator=rand, dtype=m.dtype)
+        return (m * weights).sum()
+
+    g = torch.func.grad(loss)(x)
     assert g.shape == x.shape and torch.isfinite(g).all()
+    h = 1e-6
+    for _ in range(2):
+        v = torch.randn(x.shape, generator=rand, dtype=x.dtype)
+        numeric = (loss(x + h * v) - loss(x - h * v)) / (2 * h)
+        assert abs(float(numeric)) > 1e-6, "the map does not depend on x along this direction"
+        torch.testing.assert_close((g * v).sum(), numeric, rtol=1e-3, atol=1e-7)  # a kink may lie within h
 
 
 def test_module_and_params_untouched(info, setup, tiny_input):
@@ -188,10 +196,10 @@ def test_nothing_left_after_an_exception(info, setup, tiny_input):
     assert leftover_hooks(model) == [] and active_modes() == []
 
 
-def test_docstring(info):
+@pytest.mark.parametrize("name", list(registry.ENTRIES))
+def test_docstring(name):
+    info = registry.ENTRIES[name]
     doc = info.fn.__doc__ or ""
-    if "not implemented yet" in doc:
-        pytest.skip("stub")
     assert "Example" in doc and ">>>" in doc, f"{info.name}: docstring needs a runnable example"
     assert len(doc.split()) > 20
 
@@ -210,7 +218,7 @@ def _compiled_vs_eager(info, model, x, targets, backend="inductor"):
 def test_compiled_equals_eager_fast(name, tiny_input):
     # Dynamo capture and AOT autograd (where rules and modes could break), without inductor's
     # code generation, which takes ~30 s cold; the inductor check of every method is marked slow.
-    _compiled_vs_eager(METHODS[name], make_tiny_cnn(), tiny_input, TARGETS, backend="aot_eager")
+    _compiled_vs_eager(ROWS[name], make_tiny_cnn(), tiny_input, TARGETS, backend="aot_eager")
 
 
 @pytest.mark.slow
@@ -221,7 +229,7 @@ def test_compiled_equals_eager(info, setup, tiny_input):
 
 @pytest.mark.parametrize("name", ["integrated_gradients", "guided_backprop", "grad_cam"])
 def test_fxai_compiled_equals_eager_and_leaves_the_module_alone(name, tiny_input):
-    info = METHODS[name]
+    info = ROWS[name]
     model = make_tiny_cnn()
     snap = ModuleSnapshot(model)
     model_fn, params = fxai.functional(model)
@@ -247,7 +255,7 @@ def test_fxai_compiled_with_inductor_freezing(tiny_input):
 def test_compiled_model_fn_as_model_fn(name, tiny_input):
     # torch.compile(model_fn) in place of model_fn: autograd runs its compiled backward for one target per
     # input, torch.func batches the K backward passes of a [B, K] target.
-    info = METHODS[name]
+    info = ROWS[name]
     model_fn, params = fxai.functional(make_tiny_cnn())
     torch._dynamo.reset()
     compiled_fn = torch.compile(model_fn, backend="aot_eager")

@@ -98,17 +98,6 @@ def test_nested_transforms(tiny_cnn, tiny_input):
     assert method.__name__ == "vargrad(smoothgrad(gradient))"
 
 
-def test_k_targets(tiny_cnn, tiny_input):
-    model_fn, params = fxai.functional(tiny_cnn)
-    method = fxai.smoothgrad_sq(fxai.integrated_gradients, samples=2)
-    targets = torch.tensor([[0, 1], [2, 3], [4, 4]])
-    maps = method(model_fn, params, tiny_input, targets, key=0, steps=2)
-    assert maps.shape == (3, 2, 3, 16, 16)
-    for k in range(2):
-        torch.testing.assert_close(maps[:, k], method(model_fn, params, tiny_input, targets[:, k], key=0, steps=2),
-                                   rtol=1e-5, atol=1e-8)
-
-
 def test_errors(tiny_cnn, tiny_input):
     model_fn, params = fxai.functional(tiny_cnn)
     with pytest.raises(TypeError, match="key is required"):

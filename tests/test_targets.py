@@ -5,24 +5,18 @@ import torch
 from torch import nn
 
 import fxai
+from fxai import registry
 
-METHODS = {
-    "gradient": (fxai.gradient, {}),
-    "input_x_gradient": (fxai.input_x_gradient, {}),
-    "integrated_gradients": (fxai.integrated_gradients, {"steps": 4}),
-    "guided_backprop": (fxai.guided_backprop, {}),
-    "deconvnet": (fxai.deconvnet, {}),
-    "expected_gradients": (fxai.expected_gradients, {"samples": 4, "key": 0}),
-    "smoothgrad(gradient)": (fxai.smoothgrad(fxai.gradient, samples=4), {"key": 0}),
-    "vargrad(input_x_gradient)": (fxai.vargrad(fxai.input_x_gradient, samples=3), {"key": 0}),
-}
+# The backpropagation methods of the registry (any input shape), and every transform over input × gradient.
+_IXG = registry.METHODS["input_x_gradient"]
+METHODS = {**{m.name: m for m in registry.METHODS.values() if m.family == "gradient"},
+           **{f"{t.name}(input_x_gradient)": registry.applied(t, _IXG, **t.quick) for t in registry.TRANSFORMS.values()}}
 
 
-def _options(name, x):
-    fn, opts = METHODS[name]
-    if name == "expected_gradients":
-        opts = dict(opts, references=torch.zeros(2, *x.shape[1:]) + torch.tensor([0.0, 0.5]).view(2, 1, 1, 1))
-    return fn, opts
+def _options(name, x, row=None):
+    row = row or METHODS[name]
+    references = torch.zeros(2, *x.shape[1:]) + torch.tensor([0.0, 0.5]).view(2, *([1] * (x.ndim - 1)))
+    return row.fn, registry.options(row, size=x.shape[-2:], references=references, quick=True)
 
 
 class Counting:
@@ -70,12 +64,12 @@ class Crossing(nn.Module):
 def test_top1_fixed_along_path_and_noise(name):
     # On x (s = 3) the top class is 0; near the zero baseline and under large noise it is 1 for many
     # path points / samples. A method that re-resolved top-1 per row would mix the two gradients (2 and 1).
-    fn, opts = _options(name, torch.zeros(1, 1, 1, 3))
+    row = METHODS[name]
+    if "(" in name:  # a transform: large noise
+        row = registry.applied(registry.TRANSFORMS[name.split("(")[0]], _IXG, samples=16, sigma=5.0)
+    fn, opts = _options(name, torch.zeros(1, 1, 1, 3), row)
     x = torch.ones(2, 1, 1, 3)
     model_fn, params = fxai.functional(Crossing())
-    if name.startswith(("smoothgrad", "vargrad")):
-        fn = {"smoothgrad(gradient)": fxai.smoothgrad(fxai.gradient, samples=16, sigma=5.0),
-              "vargrad(input_x_gradient)": fxai.vargrad(fxai.input_x_gradient, samples=16, sigma=5.0)}[name]
     torch.testing.assert_close(fn(model_fn, params, x, None, **opts), fn(model_fn, params, x, 0, **opts),
                                rtol=0, atol=0)
 
@@ -104,7 +98,7 @@ def test_callable_target_equals_score_head(name, tiny_cnn, tiny_input):
 
 
 @pytest.mark.parametrize("name", ["gradient", "input_x_gradient", "integrated_gradients", "expected_gradients",
-                                  "smoothgrad(gradient)"])
+                                  "smoothgrad(input_x_gradient)"])
 def test_callable_target_is_weighted_sum_of_classes(name, tiny_cnn, tiny_input):
     # Per-input weights: the map of sum_c w_bc * logit_bc is the same weighted sum of the K class maps
     # (these methods are linear in the score).
@@ -128,20 +122,8 @@ def test_callable_target_gradient_exact(linear_model):
     torch.testing.assert_close(g, (dsoft + mask @ w).view_as(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_k_targets_equal_k_single_calls(name, tiny_cnn, tiny_input):
-    fn, opts = _options(name, tiny_input)
-    model_fn, params = fxai.functional(tiny_cnn)
-    targets = torch.tensor([[0, 3, 1], [4, 4, 2], [1, 0, 3]])
-    maps = fn(model_fn, params, tiny_input, targets, **opts)
-    assert maps.shape == (3, 3, *tiny_input.shape[1:])
-    for k in range(3):
-        torch.testing.assert_close(maps[:, k], fn(model_fn, params, tiny_input, targets[:, k], **opts),
-                                   rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("name, forwards", [("gradient", 1), ("input_x_gradient", 1), ("guided_backprop", 1),
-                                            ("integrated_gradients", 1), ("smoothgrad(gradient)", 1)])
+                                            ("integrated_gradients", 1), ("smoothgrad(input_x_gradient)", 1)])
 def test_k_targets_share_one_forward(name, forwards, tiny_cnn, tiny_input):
     fn, opts = _options(name, tiny_input)
     model_fn, params = fxai.functional(tiny_cnn)

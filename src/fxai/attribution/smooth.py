@@ -48,8 +48,7 @@ def _ensemble(reduce, name: str, doc: str):
                                      key=key, options=options))
 
         ensembled.__name__ = ensembled.__qualname__ = f"{name}({getattr(method, '__name__', 'method')})"
-        ensembled.__doc__ = (f"{name} of :func:`{getattr(method, '__name__', 'method')}` ({samples} samples, "
-                             f"sigma {sigma}); the arguments of that method, plus the required ``key``.")
+        ensembled.__doc__ = f"{transform.__doc__}\n\nApplied to :func:`{getattr(method, '__name__', 'method')}`."
         del ensembled.__wrapped__
         return ensembled
 

@@ -19,7 +19,8 @@ def _check(attribution, mask, reduce):
     amap = relevance_map(attribution, reduce=reduce)
     if not isinstance(mask, torch.Tensor) or mask.shape != amap.shape:
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask must be a tensor [B, H, W] = {tuple(amap.shape)} (the map's batch and size), got {got}")
+        raise ValueError(f"attribution and mask must cover the same images and pixels: the map reads as "
+                         f"[B, H, W] = {tuple(amap.shape)}, the mask is {got} (a bool tensor [B, H, W])")
     return amap, mask.to(device=amap.device, dtype=torch.bool)
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .._core import keys
-from .._core.checks import check_choice
+from .._core.checks import check_choice, check_map
 from .._core.functional import FunctionalModel
 from .._core.targets import TargetLike, one_per_input
 
@@ -199,6 +199,7 @@ def randomisation(model_fn, params, x: torch.Tensor, target: TargetLike, attribu
         >>> sims = fxai.metrics.randomisation(model_fn, params, x, 3, g, method=fxai.gradient, key=0)
     """
     check_choice(mode, ("cascading", "independent"), name="mode")
+    check_map(attribution, x)
     if not callable(method):
         raise TypeError(f"method must be an attribution method, got {type(method).__name__}")
     sim = SIMILARITIES.get(similarity) if isinstance(similarity, str) else similarity
