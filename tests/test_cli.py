@@ -17,7 +17,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from fxai import cli, demo, registry
+import fxai
+from fxai import cli, demo, loading, registry
+from fxai._core.discovery import resolve_layers
 
 TINY_MODEL = '''
 from torch import nn
@@ -94,7 +96,7 @@ def test_explain_torchvision_model_with_weights_file(files):
     with Image.open(files / "rgb.png") as img:
         x = torchvision.transforms.functional.to_tensor(
             torchvision.transforms.functional.center_crop(torchvision.transforms.functional.resize(img, 56), 48))
-    x = ((x - torch.tensor(cli.IMAGENET_MEAN)[:, None, None]) / torch.tensor(cli.IMAGENET_STD)[:, None, None])[None]
+    x = ((x - torch.tensor(loading.IMAGENET_MEAN)[:, None, None]) / torch.tensor(loading.IMAGENET_STD)[:, None, None])[None]
     x.requires_grad_(True)
     logits = model.eval()(x)
     logits[0, logits[0].argmax()].backward()
@@ -163,13 +165,15 @@ def test_pretrained_offline_message(monkeypatch, capsys, files):
     assert "https://download.pytorch.org/models/resnet18" in err
 
 
-def test_default_layer_is_the_last_conv_block():
+def test_default_layer_is_the_librarys():
+    # The CLI takes the library's rule (fxai._core.discovery.default_layer): the last spatial map before pooling.
     with torch.device("meta"):                          # shapes only: no weights to initialise
         x = torch.zeros(1, 3, 64, 64)
-        assert cli.default_layer(torchvision.models.resnet18(), x) == "layer4"
-        assert cli.default_layer(torchvision.models.mobilenet_v3_small(), x) == "features"
-        assert cli.default_layer(torchvision.models.vgg11(), x) == "features"           # not avgpool
-        assert cli.default_layer(torchvision.models.densenet121(), x) == "features"
+        for build, expected in [(torchvision.models.resnet18, "layer4"), (torchvision.models.mobilenet_v3_small,
+                                "features"), (torchvision.models.vgg11, "features"),
+                                (torchvision.models.densenet121, "features")]:
+            model_fn, params = fxai.functional(build().eval())
+            assert resolve_layers(model_fn, None, params=params, x=x) == [expected]
 
 
 def test_images_are_converted_to_what_the_model_takes(tmp_path):
@@ -180,13 +184,13 @@ def test_images_are_converted_to_what_the_model_takes(tmp_path):
     Image.fromarray(gray).save(tmp_path / "g.png")
     pal = Image.fromarray(np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)).convert("P")
     pal.save(tmp_path / "p.png")
-    (a, ta), (g, tg), (p, tp) = cli._load_images([str(tmp_path / n) for n in ("a.png", "g.png", "p.png")], 3,
+    (a, ta), (g, tg), (p, tp) = loading.load_images([str(tmp_path / n) for n in ("a.png", "g.png", "p.png")], 3,
                                                   keep_size=True, resize=None)
     assert ta.shape == (3, 4, 6) and torch.equal(ta[:, 0, 0] * 255, torch.tensor([10.0, 20, 30]))
     assert torch.equal(ta[:, 1:, :], torch.ones(3, 3, 6))                # transparent pixels over white
     assert torch.equal(tg, torch.from_numpy(gray).float().div(255).expand(3, 4, 6))
     assert torch.equal(tp, torch.from_numpy(np.array(pal.convert("RGB"))).permute(2, 0, 1).float() / 255)
-    ((_, one),) = cli._load_images([str(tmp_path / "p.png")], 1, keep_size=False, resize=(8, 6))
+    ((_, one),) = loading.load_images([str(tmp_path / "p.png")], 1, keep_size=False, resize=(8, 6))
     assert one.shape == (1, 6, 6)
 
 

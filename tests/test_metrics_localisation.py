@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 
+import fxai
+
 from fxai import metrics as M
 
 
@@ -50,13 +52,15 @@ def test_sparseness_and_complexity_closed_forms():
     assert torch.equal(M.sparseness(torch.zeros(2, 4)), torch.zeros(2))
 
 
-def test_coherence_figure_writes_a_png(tmp_path):
+def test_coherence_grid_writes_a_png(tmp_path):
+    # The coherence figure is fxai.viz.grid: one row per image, one column per method (pixel and CAM maps).
     from PIL import Image
 
     x = torch.rand(2, 3, 16, 16)
-    path = M.coherence_figure(x, {"a": torch.randn(2, 3, 16, 16), "b": torch.randn(2, 16, 16)},
-                              tmp_path / "c.png", dpi=50)
+    fig = fxai.viz.grid(x, {"a": torch.randn(2, 3, 16, 16), "b": torch.randn(2, 16, 16)}, sign="all", cmap="bwr",
+                        cell=1.0)
+    path = fxai.viz.save(fig, tmp_path / "c.png")
     with Image.open(path) as img:
-        assert img.format == "PNG" and img.size == (300, 200)
-    with pytest.raises(ValueError, match="maps_by_method"):
-        M.coherence_figure(x, {"a": torch.randn(3, 16, 16)}, tmp_path / "d.png")
+        assert img.format == "PNG" and img.size == (330, 210)
+    with pytest.raises(ValueError, match=r"maps\['a'\] has 3 rows for 2 images"):
+        fxai.viz.grid(x, {"a": torch.randn(3, 16, 16)})

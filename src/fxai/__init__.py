@@ -41,6 +41,7 @@ from .compiled import compiled as compiled
 from . import postprocess as postprocess
 from . import registry as registry
 from . import metrics as metrics
+from . import viz as viz
 
 __version__ = "0.1.0"
 
@@ -78,5 +79,6 @@ __all__ = [
     "to_grid",
     "smoothgrad_sq",
     "vargrad",
+    "viz",
     "with_relu_rule",
 ]

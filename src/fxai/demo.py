@@ -4,7 +4,7 @@
 (:mod:`fxai.data.synthetic`), trains :class:`fxai.models.SmallCNN` on it
 (resuming from ``model.pt`` in the output folder when a run was interrupted),
 explains a held-out batch with every method of :data:`fxai.registry.METHODS`
-(a method that is not implemented yet is skipped with a note), scores each map
+scores each map
 against the ground-truth masks and by deletion/insertion, and writes a report
 folder: ``grid.png``, ``curves.png``, ``report.md``, ``results.json``.
 """
@@ -12,7 +12,6 @@ folder: ``grid.png``, ``curves.png``, ``report.md``, ``results.json``.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import metrics, postprocess, registry, viz
+from . import loading, metrics, postprocess, registry, viz
 from ._core.functional import functional
 from .data.synthetic import CLASS_NAMES, shapes
 from .models import SmallCNN
@@ -44,21 +43,13 @@ class DemoConfig:
     explain_count: int = 64
     grid_rows: int = 6
     curve_steps: int = 16
-    method_scale: int = 4  # divides the number of samples/steps of the costly methods (1 = their defaults)
+    method_scale: int = 4  # divides the costly methods' registry ``cost`` (their samples/steps at a full budget)
     save_every: int = 50
 
 
 FULL = DemoConfig()
 QUICK = DemoConfig(size=16, width=8, steps=12, batch=32, test_count=64, explain_count=8, grid_rows=3,
                    curve_steps=6, method_scale=16, save_every=5)
-
-# Sample counts of the costly methods in the demo, divided by ``DemoConfig.method_scale``.
-_SCALED_OPTIONS = {
-    "integrated_gradients": {"steps": 128},
-    "expected_gradients": {"samples": 128},
-    "rise": {"num_masks": 2000},
-}
-
 
 # ---------------------------------------------------------------- scores
 # The demo's metric list, one place to change. Localisation scores: (heat [B, H, W] >= 0, masks [B, H, W] bool)
@@ -76,14 +67,6 @@ CURVES: dict[str, tuple[Callable, bool]] = {
     "insertion": (lambda model_fn, params, x, target, heat, steps, seed: metrics.insertion(
         model_fn, params, x, target, heat, steps=steps, softmax=True, key=seed), True),
 }
-
-
-def heatmap(amap: torch.Tensor, kind: str, size) -> torch.Tensor:
-    """The non-negative map ``[B, H, W]`` the demo scores: ``sum_c |a_c|`` for pixel maps, the positive part for CAMs."""
-    heat = postprocess.reduce_channels(amap, "abs_sum") if kind == "pixel" else postprocess.positive(amap)
-    if tuple(heat.shape[-2:]) != tuple(size):
-        heat = postprocess.upsample(heat, size)
-    return heat.detach().float()
 
 
 # ---------------------------------------------------------------- training
@@ -164,34 +147,6 @@ def accuracy(model_fn, params, images: torch.Tensor, labels: torch.Tensor, chunk
 # ---------------------------------------------------------------- explaining
 
 
-def method_options(info: registry.MethodInfo, *, size, layer: str | None = None, seed: int = 0, references=None,
-                   scale: int | None = None, chunk_size: int | None = None) -> dict:
-    """Keyword options for ``info.fn``: ``layer``, ``key``, what it ``needs``, required sizes, and quicker settings.
-
-    ``size`` is the input's ``(H, W)``: occlusion gets a window of 1/8 of the
-    smaller side and half of it as stride. ``scale`` divides the sample counts of
-    the costly methods (:data:`_SCALED_OPTIONS`); ``None`` keeps their defaults.
-    Only options that ``info.fn`` accepts are passed.
-    """
-    accepted = inspect.signature(info.fn).parameters
-    options = {}
-    if info.layered:
-        options["layer"] = layer
-    if info.randomised:
-        options["key"] = seed
-    provided = {"references": references}
-    for need in info.needs:
-        if provided.get(need) is None:
-            raise LookupError(f"no {need!r} to give it")
-        options[need] = provided[need]
-    window = max(2, min(size) // 8)
-    wanted = {"window": window, "stride": max(1, window // 2), "chunk_size": chunk_size}
-    if scale is not None:
-        wanted.update({k: max(2, v // scale) for k, v in _SCALED_OPTIONS.get(info.name, {}).items()})
-    options.update({k: v for k, v in wanted.items() if k in accepted and v is not None})
-    return options
-
-
 def explain_all(model_fn, params, x: torch.Tensor, target: torch.Tensor, *, layer: str, seed: int,
                 references: torch.Tensor, scale: int | None = None, chunk_size: int | None = 1024, methods=None,
                 progress: bool = True) -> dict:
@@ -202,13 +157,11 @@ def explain_all(model_fn, params, x: torch.Tensor, target: torch.Tensor, *, laye
     infos = list(registry.METHODS.values()) if methods is None else [registry.method(m) for m in methods]
     for info in tqdm(infos, desc="explaining", unit="method", disable=not progress, dynamic_ncols=True):
         try:
-            options = method_options(info, size=tuple(x.shape[-2:]), layer=layer, seed=seed, references=references,
-                                     scale=scale, chunk_size=chunk_size)
+            options = registry.options(info, size=tuple(x.shape[-2:]), layer=layer, key=seed, references=references,
+                                       scale=scale, chunk_size=chunk_size)
             start = time.perf_counter()
             amap = info.fn(model_fn, params, x, target, **options)
             results[info.name] = {"map": amap.detach(), "seconds": time.perf_counter() - start, "kind": info.kind}
-        except NotImplementedError:
-            results[info.name] = {"skipped": "not implemented yet"}
         except LookupError as err:
             results[info.name] = {"skipped": str(err)}
         except Exception as err:  # noqa: BLE001 - one failing method must not stop the report
@@ -263,18 +216,6 @@ def _score(model_fn, params, x, target, heat, masks, steps, seed) -> tuple[dict,
     return scores, curves
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``"auto"``/``None``: CUDA if available, else CPU; otherwise the named device (checked)."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-        torch.empty(1, device=dev)
-    except (RuntimeError, AssertionError) as err:
-        raise ValueError(f"--device {device!r} is not usable here: {str(err).splitlines()[0]}") from None
-    return dev
-
-
 def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", quick: bool = False,
         progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run the demo and write its report folder ``out``; returns the results (as in ``results.json``).
@@ -283,7 +224,7 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
         >>> results = fxai.demo.run("demo-out", quick=True)
     """
     config = QUICK if quick else FULL
-    dev = resolve_device(device)
+    dev = loading.resolve_device(device)
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
 
@@ -306,7 +247,8 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
         if "map" not in res:
             rows[name] = res
             continue
-        heat = heatmap(res["map"], res["kind"], size)
+        heat = postprocess.heatmap(res["map"], kind=res["kind"], reduce="abs_sum", sign="positive",
+                                   size=size).detach().float()
         scores, curves = _score(model_fn, params, x, target, heat, masks, config.curve_steps, seed)
         rows[name] = {"seconds": res["seconds"], "scores": scores}
         heats[name] = heat

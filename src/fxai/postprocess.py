@@ -1,4 +1,4 @@
-"""Explicit post-processing of raw maps: channel reduction, normalisation, clipping.
+"""Explicit post-processing of raw maps: heat maps, channel reduction, normalisation, clipping.
 
 Methods return raw maps; nothing here is applied behind the user's back. Every
 function works per input (over all dimensions but the leading ``batch_dims``),
@@ -94,3 +94,38 @@ def upsample(amap: torch.Tensor, size: tuple[int, int], *, mode: str = "bilinear
     out = torch.nn.functional.interpolate(amap.reshape(-1, 1, *amap.shape[-2:]), size=tuple(size), mode=mode,
                                           align_corners=False if mode in ("bilinear", "bicubic") else None)
     return out.reshape(*lead, *out.shape[-2:])
+
+
+SIGNS = ("all", "positive", "negative", "absolute")
+
+
+def heatmap(attribution: torch.Tensor, *, kind: str | None = None, reduce: str = "sum", sign: str = "all",
+            size: tuple[int, int] | None = None, name: str = "attribution") -> torch.Tensor:
+    r"""A heat map ``[..., H, W]`` from a method's raw map: channels reduced, the chosen sign kept, resized.
+
+    ``kind="pixel"`` maps ``[B, (K,) C, H, W]`` are reduced over their channel axis by ``reduce``
+    (:func:`reduce_channels`); ``kind="cam"`` maps ``[B, (K,) H, W]`` are kept; ``None`` reads
+    ``[B, C, H, W]`` as a pixel map and ``[B, H, W]`` as a heat map already. ``sign``: ``"all"`` keeps
+    the values, ``"positive"`` :math:`\max(a, 0)`, ``"negative"`` :math:`\max(-a, 0)`, ``"absolute"``
+    :math:`|a|`. ``size``: bilinear resize to ``(H, W)``. The one heat map of the library: the
+    localisation metrics, the plots, the demo and the CLI read maps through it.
+
+    Example:
+        >>> heatmap(fxai.gradient(model_fn, params, x), reduce="abs_sum").shape
+        torch.Size([2, 32, 32])
+    """
+    if not isinstance(attribution, torch.Tensor) or not attribution.is_floating_point():
+        got = attribution.dtype if isinstance(attribution, torch.Tensor) else type(attribution).__name__
+        raise TypeError(f"{name} must be a floating-point tensor [B, H, W] or [B, C, H, W], got {got}")
+    check_choice(sign, SIGNS, name="sign")
+    if kind is None:
+        if attribution.ndim not in (3, 4):
+            raise ValueError(f"{name} must have shape [B, H, W] or [B, C, H, W], got {tuple(attribution.shape)}")
+        kind = "pixel" if attribution.ndim == 4 else "cam"
+    check_choice(kind, ("pixel", "cam"), name="kind")
+    heat = reduce_channels(attribution, check_choice(reduce, REDUCTIONS, name="reduce")) if kind == "pixel" \
+        else attribution
+    heat = {"all": heat, "positive": heat.clamp(min=0), "negative": (-heat).clamp(min=0), "absolute": heat.abs()}[sign]
+    if size is not None and tuple(heat.shape[-2:]) != tuple(size):
+        heat = upsample(heat, size)
+    return heat

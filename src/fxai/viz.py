@@ -33,11 +33,10 @@ def _image_rgb(image) -> np.ndarray:
 
 def _heat(amap, reduce: str | None, sign: str) -> torch.Tensor:
     amap = torch.as_tensor(amap).detach().to("cpu", torch.float32)
-    if amap.ndim == 3:
-        amap = postprocess.reduce_channels(amap, reduce or ("abs_sum" if sign == "absolute" else "sum"), dim=0)
-    if amap.ndim != 2:
+    if amap.ndim not in (2, 3):
         raise ValueError(f"map must be [H, W] or [C, H, W], got shape {tuple(amap.shape)}")
-    return amap
+    reduce = reduce or ("abs_sum" if sign == "absolute" else "sum")
+    return postprocess.heatmap(amap[None], reduce=reduce, name="map")[0]
 
 
 def scale_map(amap, *, sign: str = "positive", clip: float = 99.0, reduce: str | None = None) -> torch.Tensor:
@@ -127,8 +126,9 @@ def grid(images, maps: Mapping[str, object] | None = None, *, masks=None, row_ti
     """A grid figure: one row per image; columns are the image, its mask (if given) and each named map over it.
 
     Args:
-        images: ``[B, C, H, W]`` in [0, 1].
-        maps: ``{column title: maps [B, H, W] or [B, C, H, W]}``, in column order.
+        images: ``[B, C, H, W]`` in [0, 1], or a list of ``[C, H, W]`` images (of any sizes).
+        maps: ``{column title: maps [B, H, W] or [B, C, H, W]}`` in column order, or per column a list of
+            one map per image (``None`` leaves that cell empty).
         masks: optional ``[B, H, W]`` ground truth, shown as a column.
         row_titles: one label per image.
         sign: one sign for every column, or ``{column title: sign}`` (default ``"positive"``).
@@ -142,14 +142,13 @@ def grid(images, maps: Mapping[str, object] | None = None, *, masks=None, row_ti
         >>> fig = fxai.viz.grid(x, {"gradient": g, "IG": ig}, sign="absolute")
         >>> fxai.viz.save(fig, "grid.png")
     """
-    images = torch.as_tensor(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be a batch [B, C, H, W], got shape {tuple(images.shape)}")
+    if isinstance(images, torch.Tensor) and images.ndim != 4:
+        raise ValueError(f"images must be a batch [B, C, H, W] or a list of [C, H, W], got shape {tuple(images.shape)}")
+    count = len(images)
     maps = dict(maps or {})
-    count = images.shape[0]
     for name, m in maps.items():
-        if torch.as_tensor(m).shape[0] != count:
-            raise ValueError(f"maps[{name!r}] has {torch.as_tensor(m).shape[0]} rows for {count} images")
+        if len(m) != count:
+            raise ValueError(f"maps[{name!r}] has {len(m)} rows for {count} images")
     if row_titles is not None and len(row_titles) != count:
         raise ValueError(f"row_titles has {len(row_titles)} labels for {count} images")
     kinds = ["input"] + (["ground truth"] if masks is not None else []) + list(maps)
@@ -163,10 +162,12 @@ def grid(images, maps: Mapping[str, object] | None = None, *, masks=None, row_ti
             panels.append(overlay(images[i], torch.as_tensor(masks[i]).float(), alpha=0.6, cmap="gray", clip=100))
         for name, m in maps.items():
             s = sign.get(name, "positive") if isinstance(sign, Mapping) else sign
-            panels.append(overlay(images[i], torch.as_tensor(m)[i], alpha=alpha, sign=s, cmap=cmap, clip=clip))
+            panels.append(None if m[i] is None else
+                          overlay(images[i], torch.as_tensor(m[i]), alpha=alpha, sign=s, cmap=cmap, clip=clip))
         for k, panel in enumerate(panels):
             ax = axes[k][i] if transpose else axes[i][k]
-            ax.imshow(panel, interpolation="nearest")
+            if panel is not None:
+                ax.imshow(panel, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             first_row, first_col = (k == 0, i == 0) if transpose else (i == 0, k == 0)

@@ -12,6 +12,7 @@ from .ranking import ranking as ranking
 from .ranking import top_mask as top_mask
 from .ranking import bottom_mask as bottom_mask
 from .ranking import relevance_map as relevance_map
+from . import registry as registry
 from .imputers import Imputer as Imputer
 from .imputers import constant as constant
 from .imputers import channel_mean as channel_mean
@@ -40,7 +41,6 @@ from .localisation import relevance_mass as relevance_mass
 from .localisation import relevance_rank as relevance_rank
 from .complexity import sparseness as sparseness
 from .complexity import complexity as complexity
-from .coherence import coherence_figure as coherence_figure
 
 __all__ = [
     "Imputer",
@@ -49,7 +49,6 @@ __all__ = [
     "blur",
     "bottom_mask",
     "channel_mean",
-    "coherence_figure",
     "complexity",
     "constant",
     "deletion",
@@ -66,6 +65,7 @@ __all__ = [
     "randomised_params",
     "ranking",
     "relevance_map",
+    "registry",
     "relevance_mass",
     "relevance_rank",
     "road",

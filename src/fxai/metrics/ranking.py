@@ -15,21 +15,13 @@ import torch.nn.functional as F
 
 from .._core import keys
 from .._core.checks import check_positive_int
-from ..postprocess import REDUCTIONS, reduce_channels
+from ..postprocess import heatmap
 
 
 def relevance_map(attribution: torch.Tensor, *, reduce: str = "sum", name: str = "attribution") -> torch.Tensor:
-    """A map ``[B, H, W]``: ``attribution`` itself, or a pixel map ``[B, C, H, W]`` reduced over channels."""
-    if not isinstance(attribution, torch.Tensor) or not attribution.is_floating_point():
-        got = attribution.dtype if isinstance(attribution, torch.Tensor) else type(attribution).__name__
-        raise TypeError(f"{name} must be a floating-point tensor [B, H, W] or [B, C, H, W], got {got}")
-    if attribution.ndim == 4:
-        if reduce not in REDUCTIONS:
-            raise ValueError(f"reduce must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduce!r}")
-        return reduce_channels(attribution, reduce, dim=1)
-    if attribution.ndim == 3:
-        return attribution
-    raise ValueError(f"{name} must have shape [B, H, W] or [B, C, H, W], got {tuple(attribution.shape)}")
+    """A map ``[B, H, W]``: ``attribution`` itself, or a pixel map ``[B, C, H, W]`` reduced over channels
+    (:func:`fxai.postprocess.heatmap`)."""
+    return heatmap(attribution, reduce=reduce, name=name)
 
 
 def ranking(attribution: torch.Tensor, *, reduce: str = "sum", patch: int = 1, key=None) -> torch.Tensor:
