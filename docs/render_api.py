@@ -13,15 +13,19 @@ import sys
 
 import fxai
 from fxai import postprocess, registry
+from fxai.metrics import registry as metric_registry
 
+FAMILY_TITLES = {
+    "gradient": "Gradient methods (backpropagation maps)",
+    "cam": "CAM family",
+    "mask": "Mask methods (maps from masked inputs)",
+    "transform": "Transforms (ensembles over noisy inputs)",
+}
+# The methods and transforms come from the registry, by family; these are the building blocks around them.
 SECTIONS = [
-    ("Models as pure functions", ["functional", "FunctionalModel"]),
-    ("Gradient methods", ["gradient", "input_x_gradient", "integrated_gradients", "path_rule", "expected_gradients"]),
-    ("Backward rules", ["guided_backprop", "deconvnet", "with_relu_rule", "relu_rule"]),
-    ("Transforms (ensembles over noisy inputs)", ["smoothgrad", "smoothgrad_sq", "vargrad"]),
-    ("CAM family", ["cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam", "eigen_cam",
-                    "eigen_grad_cam", "full_grad", "guided_grad_cam"]),
-    ("Perturbation methods", ["score_cam", "ablation_cam", "rise", "occlusion"]),
+    ("Models as pure functions", ["functional", "FunctionalModel", "split"]),
+    *((title, [m.name for m in registry.ENTRIES.values() if m.family == family]) for family, title in FAMILY_TITLES.items()),
+    ("Building blocks", ["path_rule", "with_relu_rule", "relu_rule", "to_grid"]),
     ("Compilation", ["compiled"]),
 ]
 
@@ -73,10 +77,20 @@ def render() -> str:
     out.append(inspect.getdoc(registry) + "\n")
     out.append(_entry("fxai.registry.MethodInfo", registry.MethodInfo))
     out.append(_entry("fxai.registry.method", registry.method))
-    out.append("| method | kind | randomised | layered | needs |\n|---|---|---|---|---|")
-    for m in registry.METHODS.values():
-        out.append(f"| `{m.name}` | {m.kind} | {'yes' if m.randomised else ''} | {'yes' if m.layered else ''} "
-                   f"| {', '.join(m.needs)} |")
+    out.append(_entry("fxai.registry.options", registry.options))
+    out.append(_entry("fxai.registry.applied", registry.applied))
+    out.append("| method | kind | family | randomised | layered | needs | cost |\n|---|---|---|---|---|---|---|")
+    for m in registry.ENTRIES.values():
+        out.append(f"| `{m.name}` | {m.kind} | {m.family} | {'yes' if m.randomised else ''} | "
+                   f"{'yes' if m.layered else ''} | {', '.join(m.needs)} | "
+                   f"{', '.join(f'{k}={v}' for k, v in m.cost.items())} |")
+    out.append("\n## Metric registry (`fxai.metrics.registry`)\n")
+    out.append(inspect.getdoc(metric_registry) + "\n")
+    out.append("| metric | kind | output | higher is better | randomised | needs |\n|---|---|---|---|---|---|")
+    for m in metric_registry.METRICS.values():
+        better = {True: "yes", False: "no", None: ""}[m.higher_is_better]
+        out.append(f"| `{m.name}` | {m.kind} | {m.output} | {better} | {'yes' if m.randomised else ''} | "
+                   f"{', '.join(m.needs)} |")
     out.append("\nMetrics are documented in [metrics.md](metrics.md).\n")
     return "\n".join(out)
 

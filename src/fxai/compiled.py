@@ -52,8 +52,8 @@ def compiled(method, module: nn.Module, *, freeze: bool = True, channels_last: b
         ``fn(x, target)`` returning what ``method`` returns.
 
     Example:
-        >>> ig = fxai.compiled(fxai.integrated_gradients, resnet.eval(), steps=32)
-        >>> maps = ig(x, target)     # the first call compiles
+        >>> ig = fxai.compiled(fxai.integrated_gradients, model_fn.module, steps=8, backend="aot_eager")
+        >>> maps = ig(x, 3)     # the first call compiles
     """
     if not callable(method):
         raise TypeError(f"compiled(method, module): method must be an fxai method, got {type(method).__name__}")

@@ -56,7 +56,7 @@ def normalize(amap: torch.Tensor, mode: str = "minmax", *, batch_dims: int = 1, 
     maps (2 for ``[B, K, H, W]``).
 
     Example:
-        >>> fxai.postprocess.normalize(cam, "minmax")
+        >>> scaled = fxai.postprocess.normalize(cam, "minmax")
     """
     check_choice(mode, ("minmax", "maxabs", "sum"), name="mode")
     flat = _flat(amap, batch_dims)
@@ -74,7 +74,7 @@ def clip_percentile(amap: torch.Tensor, low: float = 0.0, high: float = 99.0, *,
     """Clip each map to its ``[low, high]`` percentiles (e.g. 99 as in SmoothGrad's figures).
 
     Example:
-        >>> fxai.postprocess.clip_percentile(fxai.postprocess.reduce_channels(g, "abs_sum"), 0, 99)
+        >>> clipped = fxai.postprocess.clip_percentile(fxai.postprocess.reduce_channels(g, "abs_sum"), 0, 99)
     """
     if not 0 <= low <= high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low <= high <= 100, got low={low}, high={high}")

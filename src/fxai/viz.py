@@ -141,6 +141,7 @@ def grid(images, maps: Mapping[str, object] | None = None, *, masks=None, row_ti
     Example:
         >>> fig = fxai.viz.grid(x, {"gradient": g, "IG": ig}, sign="absolute")
         >>> fxai.viz.save(fig, "grid.png")
+        'grid.png'
     """
     if isinstance(images, torch.Tensor) and images.ndim != 4:
         raise ValueError(f"images must be a batch [B, C, H, W] or a list of [C, H, W], got shape {tuple(images.shape)}")
@@ -188,7 +189,8 @@ def curves(data: Mapping[str, tuple], *, title: str | None = None, xlabel: str =
     """Line plots of metric curves: ``{label: (x [T], y [T])}``, or a list of such dicts for side-by-side panels.
 
     Example:
-        >>> fig = fxai.viz.curves({"gradient": (fractions, scores)}, title="deletion")
+        >>> fractions = torch.linspace(0, 1, 11)
+        >>> fig = fxai.viz.curves({"gradient": (fractions, 1 - fractions)}, title="deletion")
     """
     panels = [data] if isinstance(data, Mapping) else list(data)
     fig = _figure(4.2 * len(panels), 3.4)

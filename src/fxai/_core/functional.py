@@ -60,6 +60,7 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
     buffers and the running statistics are updated there, never in ``module``.
 
     Example:
+        >>> import torchvision
         >>> model_fn, params = fxai.functional(torchvision.models.resnet18().eval())
         >>> logits = model_fn(params, torch.randn(2, 3, 64, 64))
     """
@@ -114,6 +115,7 @@ def split(features, head) -> SplitModel:
         >>> features = lambda p, x: torch.relu(torch.nn.functional.conv2d(x, p["w"]))
         >>> head = lambda p, a: a.mean((2, 3)) @ p["fc"].T
         >>> model_fn = fxai.split(features, head)
+        >>> params = {"w": torch.randn(8, 3, 3, 3), "fc": torch.randn(5, 8)}
         >>> m = fxai.grad_cam(model_fn, params, x, target=0)
     """
     if not callable(features) or not callable(head):

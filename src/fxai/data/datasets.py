@@ -37,7 +37,7 @@ def mnist(root, *, train: bool = True, transform=None):
     ``transform`` (a callable on the PIL image) replaces the default conversion to a tensor.
 
     Example:
-        >>> train = fxai.data.mnist("~/data", train=True)
+        >>> train = fxai.data.mnist("~/data", train=True)  # doctest: +SKIP
     """
     root = os.path.expanduser(_root(root, "MNIST"))
     raw = os.path.join(root, "MNIST", "raw")
@@ -66,7 +66,7 @@ def cifar10(root, *, train: bool = True, transform=None):
     ``dataset.classes`` holds the class names from ``batches.meta``.
 
     Example:
-        >>> test = fxai.data.cifar10("~/data", train=False)
+        >>> test = fxai.data.cifar10("~/data", train=False)  # doctest: +SKIP
     """
     root = os.path.expanduser(_root(root, "CIFAR-10"))
     folder = os.path.join(root, "cifar-10-batches-py")
@@ -90,7 +90,7 @@ def image_folder(root, *, size: int | tuple[int, int] | None = None, transform=N
     lists the class folders in index order.
 
     Example:
-        >>> data = fxai.data.image_folder("photos/", size=(224, 224))
+        >>> data = fxai.data.image_folder("photos/", size=(224, 224))  # doctest: +SKIP
     """
     root = os.path.expanduser(_root(root, "the image folder"))
     if not os.path.isdir(root):

@@ -128,7 +128,7 @@ class uniform_noise(_Fill):
 
     Example:
         >>> imp = fxai.metrics.uniform_noise(0.0, 1.0)
-        >>> xs = imp(x, masks, key=0)
+        >>> xs = imp(x, masks[None], key=0)  # one mask per image: [1, B, C, H, W]
     """
 
     randomised = True
@@ -174,7 +174,7 @@ class noisy_linear(Imputer):
 
     Example:
         >>> imp = fxai.metrics.noisy_linear(noise=0.01)
-        >>> xs = imp(x, masks, key=0)
+        >>> xs = imp(x, masks[None], key=0)  # one mask per image: [1, B, C, H, W]
     """
 
     def __init__(self, noise: float = 0.01, *, tol: float = 1e-4, max_iter: int | None = None):

@@ -41,7 +41,7 @@ def pointing_game(attribution: torch.Tensor, mask: torch.Tensor, *, tolerance: f
         ``[B]`` of 0.0/1.0; its mean is the accuracy.
 
     Example:
-        >>> fxai.metrics.pointing_game(amap, boxes_mask, tolerance=15)
+        >>> hits = fxai.metrics.pointing_game(amap, masks, tolerance=15)
     """
     if not isinstance(tolerance, (int, float)) or tolerance < 0:
         raise ValueError(f"tolerance must be a non-negative number of pixels, got {tolerance!r}")
@@ -67,7 +67,7 @@ def relevance_mass(attribution: torch.Tensor, mask: torch.Tensor, *, reduce: str
         ``[B]`` in ``[0, 1]``.
 
     Example:
-        >>> fxai.metrics.relevance_mass(amap, mask)
+        >>> mass = fxai.metrics.relevance_mass(amap, masks)
     """
     amap, m = _check(attribution, mask, reduce)
     pos = amap.clamp(min=0).flatten(1)
@@ -88,7 +88,7 @@ def relevance_rank(attribution: torch.Tensor, mask: torch.Tensor, *, reduce: str
         ``[B]`` in ``[0, 1]``.
 
     Example:
-        >>> fxai.metrics.relevance_rank(amap, mask)
+        >>> rank = fxai.metrics.relevance_rank(amap, masks)
     """
     amap, m = _check(attribution, mask, reduce)
     flat, mflat = amap.flatten(1), m.flatten(1)

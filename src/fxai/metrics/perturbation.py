@@ -107,7 +107,7 @@ def morf(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: tor
 
     Example:
         >>> curve = fxai.metrics.morf(model_fn, params, x, None, amap, steps=20, patch=4, key=0)
-        >>> fxai.metrics.aopc(curve)
+        >>> score = fxai.metrics.aopc(curve)
     """
     return _steps_curve(model_fn, params, x, target, attribution, steps=steps, order="morf",
                         imputer=uniform_noise() if imputer is None else imputer, patch=patch, reduce=reduce,
@@ -148,7 +148,7 @@ def selectivity(model_fn, params, x: torch.Tensor, target: TargetLike, attributi
 
     Example:
         >>> curve = fxai.metrics.selectivity(model_fn, params, x, None, amap, patch=8)
-        >>> fxai.metrics.auc(curve)
+        >>> score = fxai.metrics.auc(curve)
     """
     check_input(x, exact_ndim=4)
     check_positive_int(patch, name="patch")
@@ -172,7 +172,7 @@ def deletion(model_fn, params, x: torch.Tensor, target: TargetLike, attribution:
         ``[B, steps + 1]`` scores, from the clean input to the fully deleted one.
 
     Example:
-        >>> fxai.metrics.auc(fxai.metrics.deletion(model_fn, params, x, None, amap, softmax=True))
+        >>> area = fxai.metrics.auc(fxai.metrics.deletion(model_fn, params, x, None, amap, softmax=True))
     """
     return _steps_curve(model_fn, params, x, target, attribution, steps=steps, order="morf",
                         imputer=constant(0.0) if imputer is None else imputer, patch=patch, reduce=reduce,
@@ -193,7 +193,7 @@ def insertion(model_fn, params, x: torch.Tensor, target: TargetLike, attribution
         ``[B, steps + 1]`` scores, from the fully blurred input to the clean one.
 
     Example:
-        >>> fxai.metrics.auc(fxai.metrics.insertion(model_fn, params, x, None, amap, softmax=True))
+        >>> area = fxai.metrics.auc(fxai.metrics.insertion(model_fn, params, x, None, amap, softmax=True))
     """
     return _steps_curve(model_fn, params, x, target, attribution, steps=steps, order="insertion",
                         imputer=blur(5.0, 11) if imputer is None else imputer, patch=patch, reduce=reduce,

@@ -35,8 +35,8 @@ def layer_order(params, model_fn=None) -> list[str]:
     count as parameters.
 
     Example:
-        >>> fxai.metrics.layer_order(params)[-2:]
-        ['layer4.1.bn2', 'fc']
+        >>> fxai.metrics.layer_order(params)[-3:]
+        ['layer4.conv', 'layer4.bn', 'fc']
     """
     out = []
     for name in _parameter_names(params, model_fn):

@@ -45,7 +45,7 @@ def road(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: tor
     Example:
         >>> m = fxai.metrics.road(model_fn, params, x, None, amap, order="morf", key=0)
         >>> l = fxai.metrics.road(model_fn, params, x, None, amap, order="lerf", key=0)
-        >>> fxai.metrics.road_combined(m, l)
+        >>> score = fxai.metrics.road_combined(m, l)
     """
     check_input(x, exact_ndim=4)
     check_choice(order, ("morf", "lerf"), name="order")

@@ -63,7 +63,7 @@ def infidelity(model_fn, params, x: torch.Tensor, target: TargetLike, attributio
         ``[B]`` infidelities (lower is better).
 
     Example:
-        >>> fxai.metrics.infidelity(model_fn, params, x, 3, fxai.gradient(model_fn, params, x, 3), key=0)
+        >>> inf = fxai.metrics.infidelity(model_fn, params, x, 3, fxai.gradient(model_fn, params, x, 3), key=0)
     """
     check_input(x)
     check_positive_int(samples, name="samples")
@@ -111,7 +111,7 @@ def max_sensitivity(model_fn, params, x: torch.Tensor, target: TargetLike, attri
 
     Example:
         >>> g = fxai.gradient(model_fn, params, x, 3)
-        >>> fxai.metrics.max_sensitivity(model_fn, params, x, 3, g, method=fxai.gradient, key=0)
+        >>> sens = fxai.metrics.max_sensitivity(model_fn, params, x, 3, g, method=fxai.gradient, key=0)
     """
     check_input(x)
     check_positive_int(samples, name="samples")
