@@ -148,15 +148,18 @@ def run(model_fn, params, x, target, *, weigh: Callable, layer=None, grads: bool
     return maps if tgt.multi else maps.squeeze(1)
 
 
-def layer_cam_method(name: str, weigh: Callable, *, relu: bool, doc: str, grads: bool = True, pca: bool = False,
-                     fusion: str = "sum", options: dict | None = None, described: dict | None = None):
+def layer_cam_method(name: str, weigh: Callable, *, relu: bool, doc: str, example: str, grads: bool = True,
+                     pca: bool = False, fusion: str = "sum", options: dict | None = None,
+                     described: dict | None = None):
     """A CAM method declared by its weighting ``weigh(A, G, **options)`` of the activations.
 
     ``relu`` is the paper's final ReLU (the default of the method's ``relu=``); ``grads=False`` for
     class-agnostic maps (no backward); ``pca=True`` for methods whose map is the first principal
     component (no ``eigen_smooth`` option); ``fusion`` of several layers: ``"sum"`` or ``"max"`` (LayerCAM);
     ``options`` are the method's own keyword options with their defaults, ``described`` their docs.
-    The returned function has the full signature (for ``inspect``, the registry and the CLI).
+    ``doc`` is the summary (formula, paper, conventions) and ``example`` one line of code; the docstring
+    adds the arguments and the returned shape. The returned function has the full signature (for
+    ``inspect``, the registry and the CLI).
     """
     options = dict(options or {})
     kw = inspect.Parameter.KEYWORD_ONLY
@@ -178,5 +181,5 @@ def layer_cam_method(name: str, weigh: Callable, *, relu: bool, doc: str, grads:
     method.__name__ = method.__qualname__ = name
     method.__module__ = weigh.__module__
     method.__signature__ = signature
-    method.__doc__ = doc
+    method.__doc__ = f"{doc.strip()}\n\n{{args}}\n\nReturns:\n    {RETURNS}\n\nExample:\n    >>> {example}\n"
     return documented(method, **(described or {}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._core.docs import documented
-from .cam_driver import RETURNS, layer_cam_method
+from .cam_driver import layer_cam_method
 from .guided import guided_backprop
 
 
@@ -41,102 +41,76 @@ def _activations(a, g, **_):
     return a
 
 
-grad_cam = layer_cam_method("grad_cam", _mean_gradient, relu=True, doc=rf"""
-Grad-CAM: :math:`\mathrm{{ReLU}}\big(\sum_c w_c A_c\big)`, :math:`w_c = \frac{{1}}{{hw}}\sum_{{ij}} G_{{cij}}`.
+grad_cam = layer_cam_method(
+    "grad_cam", _mean_gradient, relu=True,
+    example='m = fxai.grad_cam(model_fn, params, x, target=3, layer="layer4")',
+    doc=r"""
+Grad-CAM: :math:`\mathrm{ReLU}\big(\sum_c w_c A_c\big)`, :math:`w_c = \frac{1}{hw}\sum_{ij} G_{cij}`.
 
 Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
 Localization", ICCV 2017. With a list of layers, the fused map is the sum of the per-layer
 maps, each upsampled to the input size (pytorch-grad-cam averages min-max normalised maps).
 For a GAP + linear head, Grad-CAM at the pooled layer is CAM / (h·w).
-
-{{args}}
-
-Returns:
-    {RETURNS}
-
-Example:
-    >>> m = fxai.grad_cam(model_fn, params, x, target=3, layer="layer4")
 """)
 
-hires_cam = layer_cam_method("hires_cam", _elementwise, relu=False, doc=rf"""
+hires_cam = layer_cam_method(
+    "hires_cam", _elementwise, relu=False,
+    example='m = fxai.hires_cam(model_fn, params, x, target=3, layer="layer4")',
+    doc=r"""
 HiResCAM: :math:`\sum_c G_c \odot A_c` (element-wise instead of Grad-CAM's averaged weights).
 
 Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful explanations of convolutional
 neural networks", 2020. The definition has no final ReLU (``relu=False``; pytorch-grad-cam
 applies one). For a GAP + linear head it equals CAM / (h·w) and sums to the score minus the bias
 (over h·w).
-
-{{args}}
-
-Returns:
-    {RETURNS}
-
-Example:
-    >>> m = fxai.hires_cam(model_fn, params, x, target=3, layer="layer4")
 """)
 
 grad_cam_plus_plus = layer_cam_method(
     "grad_cam_plus_plus", _plus_plus, relu=True, options={"eps": 1e-6},
-    described={"eps": "added to the denominator of :math:`\\alpha` (default 1e-6)."}, doc=rf"""
-Grad-CAM++: :math:`\mathrm{{ReLU}}\big(\sum_c w_c A_c\big)`, :math:`w_c = \sum_{{ij}} \alpha_{{cij}}\,\mathrm{{ReLU}}(G_{{cij}})`,
+    described={"eps": "added to the denominator of :math:`\\alpha` (default 1e-6)."},
+    example='m = fxai.grad_cam_plus_plus(model_fn, params, x, target=3, layer="layer4")',
+    doc=r"""
+Grad-CAM++: :math:`\mathrm{ReLU}\big(\sum_c w_c A_c\big)`, :math:`w_c = \sum_{ij} \alpha_{cij}\,\mathrm{ReLU}(G_{cij})`,
 
-.. math:: \alpha_{{cij}} = \frac{{G_{{cij}}^2}}{{2 G_{{cij}}^2 + \sum_{{ab}} A_{{cab}}\, G_{{cij}}^3 + \epsilon}}
-          \quad (0 \text{{ where }} G_{{cij}} = 0).
+.. math:: \alpha_{cij} = \frac{G_{cij}^2}{2 G_{cij}^2 + \sum_{ab} A_{cab}\, G_{cij}^3 + \epsilon}
+          \quad (0 \text{ where } G_{cij} = 0).
 
 Chattopadhay et al., "Grad-CAM++: Improved Visual Explanations for Deep Convolutional Networks",
 WACV 2018. The closed form of :math:`\alpha` assumes the explained score is
 :math:`S = \exp(y_c)`, whose higher derivatives are powers of the first: then
-:math:`\partial S/\partial A = e^{{y_c}} G`, and the positive factor :math:`e^{{y_c}}` (one per map)
+:math:`\partial S/\partial A = e^{y_c} G`, and the positive factor :math:`e^{y_c}` (one per map)
 is dropped from :math:`w_c`. This is pytorch-grad-cam's ``GradCAMPlusPlus`` formula
 (same ``eps``), without its min-max normalisation.
-
-{{args}}
-
-Returns:
-    {RETURNS}
-
-Example:
-    >>> m = fxai.grad_cam_plus_plus(model_fn, params, x, target=3, layer="layer4")
 """)
 
 xgrad_cam = layer_cam_method(
     "xgrad_cam", _axiom, relu=True, options={"eps": 1e-7},
     described={"eps": "added to the channel sums (default 1e-7, as pytorch-grad-cam): keeps dead channels finite."},
-    doc=rf"""
-XGrad-CAM: :math:`\mathrm{{ReLU}}\big(\sum_c w_c A_c\big)`, :math:`w_c = \sum_{{ij}} \frac{{A_{{cij}}}}{{\sum_{{ab}} A_{{cab}} + \epsilon}} G_{{cij}}`.
+    example='m = fxai.xgrad_cam(model_fn, params, x, target=3, layer="layer4")',
+    doc=r"""
+XGrad-CAM: :math:`\mathrm{ReLU}\big(\sum_c w_c A_c\big)`, :math:`w_c = \sum_{ij} \frac{A_{cij}}{\sum_{ab} A_{cab} + \epsilon} G_{cij}`.
 
 Fu et al., "Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of CNNs",
 BMVC 2020.
-
-{{args}}
-
-Returns:
-    {RETURNS}
-
-Example:
-    >>> m = fxai.xgrad_cam(model_fn, params, x, target=3, layer="layer4")
 """)
 
 layer_cam = layer_cam_method(
     "layer_cam", _positive_gradient, relu=True, fusion="max", options={"gamma": 2.0},
-    described={"gamma": "the scaling of the multi-layer fusion (default 2)."}, doc=rf"""
-LayerCAM: :math:`M = \mathrm{{ReLU}}\big(\sum_c \mathrm{{ReLU}}(G_c) \odot A_c\big)`.
+    described={"gamma": "the scaling of the multi-layer fusion (default 2)."},
+    example='m = fxai.layer_cam(model_fn, params, x, target=3, layer=["layer3", "layer4"])',
+    doc=r"""
+LayerCAM: :math:`M = \mathrm{ReLU}\big(\sum_c \mathrm{ReLU}(G_c) \odot A_c\big)`.
 
 Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for Localization", IEEE TIP
 2021. With a list of layers, each map is scaled as in the paper's Eq. 9,
 :math:`\tanh(\gamma M / \max M)` (``gamma=2``), upsampled, and the maps are fused by their
 element-wise maximum (as TorchCAM does). One layer gives the raw map.
-
-{{args}}
-
-Returns:
-    {RETURNS}
-
-Example:
-    >>> m = fxai.layer_cam(model_fn, params, x, target=3, layer=["layer3", "layer4"])
 """)
 
-eigen_cam = layer_cam_method("eigen_cam", _activations, relu=False, grads=False, pca=True, doc=rf"""
+eigen_cam = layer_cam_method(
+    "eigen_cam", _activations, relu=False, grads=False, pca=True,
+    example='m = fxai.eigen_cam(model_fn, params, x, layer="layer4")',
+    doc=r"""
 Eigen-CAM: the projection of the activations on their first principal component.
 
 Bany Muhammad & Yeasin, "Eigen-CAM: Class Activation Map using Principal Components", IJCNN 2020.
@@ -144,31 +118,18 @@ Class-agnostic: one forward pass, no gradient; for K targets the map is repeated
 SVD's free sign is fixed so that the map correlates non-negatively with :math:`\sum_c A_c`
 (:func:`~fxai.attribution.cam_driver.first_component`). No final ReLU by default (pytorch-grad-cam
 applies one).
-
-{{args}}
-
-Returns:
-    {RETURNS}
-
-Example:
-    >>> m = fxai.eigen_cam(model_fn, params, x, layer="layer4")
 """)
 
-eigen_grad_cam = layer_cam_method("eigen_grad_cam", _elementwise, relu=False, pca=True, doc=rf"""
+eigen_grad_cam = layer_cam_method(
+    "eigen_grad_cam", _elementwise, relu=False, pca=True,
+    example='m = fxai.eigen_grad_cam(model_fn, params, x, target=3, layer="layer4")',
+    doc=r"""
 Eigen-Grad-CAM: the first principal component of :math:`G \odot A` (HiResCAM's weighted activations).
 
 pytorch-grad-cam's ``EigenGradCAM``; the sign is fixed so that the map correlates non-negatively
 with HiResCAM's map :math:`\sum_c G_c \odot A_c`
 (:func:`~fxai.attribution.cam_driver.first_component`). No final ReLU by default (pytorch-grad-cam
 applies one).
-
-{{args}}
-
-Returns:
-    {RETURNS}
-
-Example:
-    >>> m = fxai.eigen_grad_cam(model_fn, params, x, target=3, layer="layer4")
 """)
 
 

@@ -15,7 +15,8 @@ def _gradient_under(rule: str, name: str, doc: str):
     return documented(method, x="input batch ``[B, ...]``.")
 
 
-guided_backprop = _gradient_under("guided", "guided_backprop", r"""Guided backpropagation: the gradient where every ReLU passes back
+guided_backprop = _gradient_under("guided", "guided_backprop", r"""
+Guided backpropagation: the gradient where every ReLU passes back
 :math:`\mathbb{1}[x > 0] \cdot \max(g, 0)`.
 
 Springenberg et al., "Striving for Simplicity: The All Convolutional Net", 2015.
@@ -31,7 +32,8 @@ Example:
     >>> m = fxai.guided_backprop(model_fn, params, x, target=3)
 """)
 
-deconvnet = _gradient_under("deconvnet", "deconvnet", r"""DeconvNet: the gradient where every ReLU passes back :math:`\max(g, 0)`,
+deconvnet = _gradient_under("deconvnet", "deconvnet", r"""
+DeconvNet: the gradient where every ReLU passes back :math:`\max(g, 0)`,
 whatever its input.
 
 Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", 2014.

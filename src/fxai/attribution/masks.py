@@ -41,7 +41,8 @@ def _rise_draw(key, num_masks: int, cell_size: int, p: float, x: torch.Tensor):
     return grid, shifts, cell
 
 
-@documented(num_masks="number of masks N.", cell_size="the grid has ``cell_size × cell_size`` cells (the paper's h = w = 7).",
+@documented(num_masks="number of masks N.",
+            cell_size="the grid has ``cell_size × cell_size`` cells (the paper's h = w = 7).",
             p="probability of keeping a cell, in (0, 1].",
             score="``\"softmax\"`` (target read from the softmax of the outputs, as in the paper) or ``\"logit\"`` "
                   "(from the raw outputs).",
