@@ -9,14 +9,16 @@ import torchvision
 from conftest import Conv4, ModuleSnapshot, leftover_hooks, make_tiny_cnn
 
 import fxai
+from fxai import registry
 from fxai._core.discovery import resolve_layers
 from fxai._core.functional import split
 from fxai.attribution.cam_driver import first_component
 from fxai.postprocess import normalize
 
-GRAD_METHODS = [fxai.grad_cam, fxai.hires_cam, fxai.grad_cam_plus_plus, fxai.xgrad_cam, fxai.layer_cam,
-                fxai.eigen_grad_cam]
-LAYER_METHODS = GRAD_METHODS + [fxai.eigen_cam, fxai.cam, fxai.guided_grad_cam]
+# The CAM family's layer methods from the registry, but the masked CAMs (one forward per channel; their own
+# tests in test_perturbation.py).
+LAYER_METHODS = [m.fn for m in registry.METHODS.values()
+                 if m.family == "cam" and m.layered and m.name not in ("score_cam", "ablation_cam")]
 
 
 def seeded(fn, seed=0, **kw):
