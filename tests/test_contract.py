@@ -178,6 +178,26 @@ def test_module_and_params_untouched(info, setup, tiny_input):
         assert torch.equal(params[k], v) and not params[k].requires_grad, k
 
 
+class _WritesIntoItsInput(torch.nn.Module):
+    """The tiny CNN behind ``x.mul_(0.5)``: a model that writes into its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = make_tiny_cnn()
+
+    def forward(self, x):
+        return self.net(x.mul_(0.5))
+
+
+def test_input_untouched_by_a_model_that_writes_into_it(info, tiny_input):
+    model_fn, params = fxai.functional(_WritesIntoItsInput())
+    x = tiny_input.clone()
+    opts = {**options_for(info, x), **({"layer": "net.layer4"} if info.layered else {})}
+    for target in (TARGETS, None):
+        info.fn(model_fn, params, x, target, **opts)
+        assert torch.equal(x, tiny_input), f"{info.name} changed x (target {target})"
+
+
 class Boom(Exception):
     pass
 

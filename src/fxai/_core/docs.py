@@ -31,7 +31,7 @@ ARGS = {
     "reshape": "callable turning the layer's output into ``[N, C, h, w]`` (default: automatic for "
                "``[N, C, h, w]``, channels-last and ViT tokens, :func:`fxai.to_grid`).",
     "chunk_size": "at most this many rows (inputs, or perturbed copies of them) per forward/backward pass; "
-                  "``None``: all at once.",
+                  "``None``: as many as fit 8 images of 3×224×224 (:func:`fxai._core.batching.auto_chunk`).",
     "key": "int seed or ``torch.Generator`` (required): the same key gives the same map, whatever the chunk size.",
     "baseline": "a number, a tensor broadcastable to ``x`` or a callable ``x -> baseline`` (default ``{default}``).",
     "score": "``\"softmax\"`` (the target read from the softmax of the outputs; a callable target receives the "

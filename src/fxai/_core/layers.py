@@ -96,5 +96,6 @@ def layer_and_input_gradients(model_fn, params, x: torch.Tensor, target: Target,
 
 
 def forward_with_activations(model_fn, params, x: torch.Tensor, layers: list[str]):
-    """``(logits, activations)`` of one forward pass (no gradient bookkeeping)."""
-    return tapped(model_fn, layers)(params, x)
+    """``(logits, activations)`` of one forward pass (no gradient bookkeeping), on a copy of ``x`` (a model may
+    write into its input)."""
+    return tapped(model_fn, layers)(params, x.clone())

@@ -22,7 +22,7 @@ def row_scores(model_fn, params, rows: torch.Tensor, target: Target, start: int,
 def clean_forward(model_fn, params, x, target: TargetLike, layers=None):
     """One forward on the clean batch: ``(target with top-1 resolved, logits, activation or None)``."""
     if layers is None:
-        logits, act = model_fn(params, x), None
+        logits, act = model_fn(params, x.clone()), None  # a copy: a model may write into its input
     else:
         logits, (act,) = forward_with_activations(model_fn, params, x, layers)
     check_logits(logits, x)

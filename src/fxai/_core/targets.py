@@ -61,7 +61,7 @@ class Target:
         if not self.top1:
             return self
         with torch.no_grad():
-            logits = model_fn(params, x)
+            logits = model_fn(params, x.clone())  # a copy: a model may write into its input
         check_logits(logits, x)
         return Target(self.batch, index=logits.argmax(-1, keepdim=True).detach())
 

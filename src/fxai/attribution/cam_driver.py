@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from .._core.batching import row_chunks
-from .._core.checks import check_choice, check_input, check_positive_int
+from .._core.batching import auto_chunk, row_chunks
+from .._core.checks import check_choice, check_input
 from .._core.discovery import resolve_layers
 from .._core.docs import documented
 from .._core.layers import forward_with_activations, layer_gradients
@@ -35,14 +35,15 @@ _AUG_FACTORS = (0.9, 1.0, 1.1)
 RETURNS = "``[B, H, W]`` (``[B, K, H, W]`` for K targets; the layer's ``h, w`` with ``upsample=False``)."
 
 
-def check_options(x, upsample, reshape, chunk_size) -> None:
-    """Checks of the options every layer method shares."""
+def check_options(x, upsample, reshape, chunk_size) -> int:
+    """Checks of the options every layer method shares; returns the chunk size (:func:`auto_chunk`)."""
     check_input(x, exact_ndim=4)
-    check_positive_int(chunk_size, name="chunk_size", allow_none=True)
+    chunk_size = auto_chunk(chunk_size, x)
     if not isinstance(upsample, bool):
         check_choice(upsample, MODES, name="upsample")
     if reshape is not None and not callable(reshape):
         raise TypeError(f"reshape must be a callable activation -> [N, C, h, w] or None, got {type(reshape).__name__}")
+    return chunk_size
 
 
 def resize(maps: torch.Tensor, size, upsample) -> torch.Tensor:
@@ -122,7 +123,7 @@ def run(model_fn, params, x, target, *, weigh: Callable, layer=None, grads: bool
         relu: bool, upsample=True, eigen_smooth: bool = False, aug_smooth: bool = False, reshape=None,
         chunk_size=None, fusion: str = "sum", **options):
     """``weigh(A, G, **options) -> [N, K, C, h, w]`` per layer, channel reduction, ReLU, fusion, upsampling."""
-    check_options(x, upsample, reshape, chunk_size)
+    chunk_size = check_options(x, upsample, reshape, chunk_size)
     layers = resolve_layers(model_fn, layer, params=params, x=x)
     tgt = as_target(target, x)
     size = tuple(x.shape[-2:])

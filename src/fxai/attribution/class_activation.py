@@ -36,7 +36,7 @@ def cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, layer=N
     Example:
         >>> m = fxai.cam(model_fn, params, x, target=3, layer="layer4", fc="fc")
     """
-    check_options(x, upsample, reshape, chunk_size)
+    chunk_size = check_options(x, upsample, reshape, chunk_size)
     layers = resolve_layers(model_fn, layer, params=params, x=x)
     if len(layers) != 1:
         raise ValueError(f"layer: cam takes one layer (the input of the pooled linear head), got {layers!r}")

@@ -66,7 +66,7 @@ def full_grad(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
     Example:
         >>> m = fxai.full_grad(model_fn, params, x, target=3)
     """
-    check_options(x, True, None, chunk_size)
+    chunk_size = check_options(x, True, None, chunk_size)
     if not isinstance(model_fn, FunctionalModel):
         raise TypeError(f"full_grad needs a model_fn made by fxai.functional(module) (to find its biased layers); "
                         f"got {type(model_fn).__name__}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .._core.batching import expand_like, input_gradients
+from .._core.batching import auto_chunk, expand_like, input_gradients
 from .._core.docs import documented
-from .._core.checks import check_input, check_positive_int
+from .._core.checks import check_input
 from .._core.targets import TargetLike, as_target
 
 
@@ -26,7 +26,7 @@ def gradient(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
         >>> g = fxai.gradient(model_fn, params, x, target=3)
     """
     check_input(x)
-    check_positive_int(chunk_size, name="chunk_size", allow_none=True)
+    chunk_size = auto_chunk(chunk_size, x)
     return input_gradients(model_fn, params, x, as_target(target, x), chunk_size=chunk_size)
 
 

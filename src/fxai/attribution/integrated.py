@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .._core import keys
-from .._core.batching import expand_like, input_gradients, scores, unstack
+from .._core.batching import auto_chunk, expand_like, input_gradients, scores, unstack
 from .._core.docs import documented
 from .._core.checks import as_baseline, check_choice, check_input, check_positive_int
 from .._core.targets import TargetLike, as_target
@@ -74,7 +74,7 @@ def integrated_gradients(model_fn, params, x: torch.Tensor, target: TargetLike =
         >>> ig, err = fxai.integrated_gradients(model_fn, params, x, 3, steps=32, return_error=True)
     """
     check_input(x)
-    check_positive_int(chunk_size, name="chunk_size", allow_none=True)
+    chunk_size = auto_chunk(chunk_size, x)
     alphas, weights = path_rule(method, steps)
     target = as_target(target, x).fixed(model_fn, params, x)
     base = as_baseline(baseline, x)
@@ -112,7 +112,7 @@ def expected_gradients(model_fn, params, x: torch.Tensor, target: TargetLike = N
     check_input(x)
     check_input(references, name="references")
     check_positive_int(samples, name="samples")
-    check_positive_int(chunk_size, name="chunk_size", allow_none=True)
+    chunk_size = auto_chunk(chunk_size, x)
     if references.shape[1:] != x.shape[1:]:
         raise ValueError(f"references must be a batch of inputs shaped like x's, [R, {', '.join(map(str, x.shape[1:]))}]; "
                          f"got {tuple(references.shape)}")

@@ -21,12 +21,12 @@ from ..postprocess import upsample as _resize
 from .cam_driver import check_options, resize
 
 
-def _check_layer_options(model_fn, params, x, layer, upsample, reshape, chunk_size) -> list[str]:
-    check_options(x, upsample, reshape, chunk_size)
+def _check_layer_options(model_fn, params, x, layer, upsample, reshape, chunk_size) -> tuple[list[str], int]:
+    chunk_size = check_options(x, upsample, reshape, chunk_size)
     layers = resolve_layers(model_fn, layer, params=params, x=x)
     if len(layers) != 1:
         raise ValueError(f"layer must name one layer, got {len(layers)}: {layers!r}")
-    return layers
+    return layers, chunk_size
 
 
 def _interpolate(maps: torch.Tensor, size, *, align_corners: bool) -> torch.Tensor:
@@ -51,7 +51,8 @@ def _cam_map(weights: torch.Tensor, act: torch.Tensor, size, upsample) -> torch.
             align_corners="corner alignment of the bilinear upsampling of channels into masks.",
             layer="dotted module name, or ``None`` (the last spatial feature map before global pooling); a model "
                   "made by ``fxai.split(features, head)`` has the layer ``\"features\"``.",
-            chunk_size="at most this many masked inputs per forward pass.")
+            chunk_size="at most this many masked inputs per forward pass;"
+                       " ``None``: as many as fit 8 images of 3×224×224 (:func:`fxai._core.batching.auto_chunk`).")
 def score_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, layer=None,
               score: str = "softmax", channel_softmax: bool = False, align_corners: bool = False,
               upsample: bool | str = True, reshape=None, chunk_size: int | None = None) -> torch.Tensor:
@@ -86,7 +87,7 @@ def score_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
     Example:
         >>> m = fxai.score_cam(model_fn, params, x, 3, layer="layer4", chunk_size=64)
     """
-    layers = _check_layer_options(model_fn, params, x, layer, upsample, reshape, chunk_size)
+    layers, chunk_size = _check_layer_options(model_fn, params, x, layer, upsample, reshape, chunk_size)
     check_choice(score, SCORES, name="score")
     size = tuple(x.shape[-2:])
     target, _, act = clean_forward(model_fn, params, x, target, layers)
@@ -108,7 +109,8 @@ def score_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, l
 @documented(ablation_value="the value an ablated channel takes.",
             layer="dotted module name, or ``None`` (the last spatial feature map before global pooling); a model "
                   "made by ``fxai.split(features, head)`` has the layer ``\"features\"``.",
-            chunk_size="at most this many ablated forwards per pass.")
+            chunk_size="at most this many ablated forwards per pass;"
+                       " ``None``: as many as fit 8 images of 3×224×224 (:func:`fxai._core.batching.auto_chunk`).")
 def ablation_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, layer=None,
                  ablation_value: float = 0.0, upsample: bool | str = True, reshape=None,
                  chunk_size: int | None = None) -> torch.Tensor:
@@ -142,7 +144,7 @@ def ablation_cam(model_fn, params, x: torch.Tensor, target: TargetLike = None, *
     Example:
         >>> m = fxai.ablation_cam(model_fn, params, x, 3, layer="layer4", chunk_size=64)
     """
-    layers = _check_layer_options(model_fn, params, x, layer, upsample, reshape, chunk_size)
+    layers, chunk_size = _check_layer_options(model_fn, params, x, layer, upsample, reshape, chunk_size)
     if isinstance(ablation_value, bool) or not isinstance(ablation_value, (int, float)):
         raise TypeError(f"ablation_value must be a number, got {type(ablation_value).__name__}")
     size = tuple(x.shape[-2:])

@@ -12,7 +12,7 @@ import math
 import torch
 
 from .._core import keys
-from .._core.batching import row_chunks
+from .._core.batching import auto_chunk, row_chunks
 from .._core.checks import as_baseline, check_choice, check_input, check_positive_int
 from .._core.docs import documented
 from .._core.stacking import SCORES, clean_forward, per_input, row_scores, rows_of
@@ -47,8 +47,8 @@ def _rise_draw(key, num_masks: int, cell_size: int, p: float, x: torch.Tensor):
             score="``\"softmax\"`` (target read from the softmax of the outputs, as in the paper) or ``\"logit\"`` "
                   "(from the raw outputs).",
             x="input batch ``[B, C, H, W]``.",
-            chunk_size="at most this many masked inputs per forward pass (N·B masked inputs at once rarely fit in "
-                       "memory).")
+            chunk_size="at most this many masked inputs per forward pass;"
+                       " ``None``: as many as fit 8 images of 3×224×224 (:func:`fxai._core.batching.auto_chunk`).")
 def rise(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, num_masks: int = 4000,
          cell_size: int = 7, p: float = 0.5, score: str = "softmax", key: keys.Key | None = None,
          chunk_size: int | None = None) -> torch.Tensor:
@@ -80,7 +80,7 @@ def rise(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, num_ma
     check_positive_int(num_masks, name="num_masks")
     check_positive_int(cell_size, name="cell_size")
     check_choice(score, SCORES, name="score")
-    check_positive_int(chunk_size, name="chunk_size", allow_none=True)
+    chunk_size = auto_chunk(chunk_size, x)
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise ValueError(f"p must be a keep probability in (0, 1], got {p!r}")
     grid, shifts, cell = _rise_draw(key, num_masks, cell_size, p, x)
@@ -136,7 +136,8 @@ def _windows(window, stride, shape) -> list[torch.Tensor]:
                    "e.g. ``(1, 8, 8)`` over ``(C, H, W)`` (Captum's ``sliding_window_shapes``).",
             stride="an int or one step per dimension of ``window``; at most the window.",
             x="input batch ``[B, ...]`` (any feature shape).",
-            chunk_size="at most this many occluded inputs per forward pass.")
+            chunk_size="at most this many occluded inputs per forward pass;"
+                       " ``None``: as many as fit 8 images of 3×224×224 (:func:`fxai._core.batching.auto_chunk`).")
 def occlusion(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, window, stride,
               baseline=0.0, chunk_size: int | None = None) -> torch.Tensor:
     r"""Occlusion: the score drop when a sliding window is replaced by a baseline, averaged per pixel.
@@ -159,7 +160,7 @@ def occlusion(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, w
         >>> a = fxai.occlusion(model_fn, params, x, 3, window=(8, 8), stride=4)
     """
     check_input(x, min_ndim=3)
-    check_positive_int(chunk_size, name="chunk_size", allow_none=True)
+    chunk_size = auto_chunk(chunk_size, x)
     shape = tuple(x.shape[1:])
     indicators = [t.to(x.device) for t in _windows(window, stride, shape)]
     counts = [t.shape[0] for t in indicators]

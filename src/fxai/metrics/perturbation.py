@@ -14,7 +14,7 @@ import torch
 
 from .._core import keys
 from .._core.batching import scores as stacked_scores
-from .._core.batching import unstack
+from .._core.batching import auto_chunk, unstack
 from .._core.checks import check_choice, check_input, check_map, check_positive_int
 from .._core.targets import TargetLike, one_per_input, scored_model
 from .ranking import bottom_mask, n_units, ranking, step_counts, top_mask
@@ -46,7 +46,8 @@ def perturbation_curve(model_fn, params, x: torch.Tensor, target: TargetLike, at
         softmax: score probabilities (True) or logits (False).
         key: randomness for tie-breaking in the ranking and for random imputers.
         chunk_size: at most this many perturbed inputs per forward pass (and
-            about ``max(chunk_size, B)`` imputed inputs in memory at once).
+            about ``max(chunk_size, B)`` imputed inputs in memory at once); ``None``: as many as fit 8
+            images of 3×224×224 (:func:`fxai._core.batching.auto_chunk`).
 
     Returns:
         ``[B, S]`` scores.
@@ -57,7 +58,7 @@ def perturbation_curve(model_fn, params, x: torch.Tensor, target: TargetLike, at
     check_input(x, exact_ndim=4)
     check_map(attribution, x)
     check_choice(order, ORDERS, name="order")
-    check_positive_int(chunk_size, name="chunk_size", allow_none=True)
+    chunk_size = auto_chunk(chunk_size, x)
     imp = as_imputer(imputer)
     tie_key, seed = keys.split_key(key, needed=bool(getattr(imp, "randomised", False)))
     ranks = ranking(attribution, reduce=reduce, patch=patch, key=tie_key)

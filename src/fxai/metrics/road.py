@@ -37,7 +37,8 @@ def road(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: tor
         order: ``"morf"`` or ``"lerf"``.
         noise: std of the Gaussian noise added to imputed pixels (0 for plain linear imputation).
         tol: relative residual of the imputation's linear solves (see :class:`~fxai.metrics.noisy_linear`).
-        chunk_size: at most this many perturbed inputs per forward pass and imputation block.
+        chunk_size: at most this many perturbed inputs per forward pass and imputation block; ``None``:
+            as many as fit 8 images of 3×224×224 (:func:`fxai._core.batching.auto_chunk`).
 
     Returns:
         ``[B, len(fractions)]`` scores.

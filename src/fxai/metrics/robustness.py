@@ -6,7 +6,7 @@ import torch
 
 from .._core import keys
 from .._core.batching import scores as stacked_scores
-from .._core.batching import unstack
+from .._core.batching import auto_chunk, unstack
 from .._core.checks import check_input, check_positive_int
 from .._core.targets import TargetLike, one_per_input, scored_model
 
@@ -67,7 +67,7 @@ def infidelity(model_fn, params, x: torch.Tensor, target: TargetLike, attributio
     """
     check_input(x)
     check_positive_int(samples, name="samples")
-    check_positive_int(chunk_size, name="chunk_size", allow_none=True)
+    chunk_size = auto_chunk(chunk_size, x)
     amap = _pixel_map(attribution, x)
     noise = _perturbations(perturb, x, samples, key, lambda g: sigma * keys.normal(g, (samples, *x.shape), x))
     fn = scored_model(model_fn, softmax)
