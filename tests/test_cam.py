@@ -235,13 +235,13 @@ def _sweep(arch, methods):
     module = seeded(ctor)
     snapshot = ModuleSnapshot(module)
     model_fn, params = fxai.functional(module)
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # CAM layers of at least 2×2
     assert resolve_layers(model_fn, None, params=params, x=x) == [expected_layer]
     for method in methods:
         if method is fxai.cam and arch not in GAP_LINEAR:
             continue
         out = method(model_fn, params, x, 1)
-        want = (1, 3, 32, 32) if method is fxai.guided_grad_cam else (1, 32, 32)
+        want = (1, 3, 64, 64) if method is fxai.guided_grad_cam else (1, 64, 64)
         assert out.shape == want and out.isfinite().all(), method.__name__
     if arch == "vgg11":
         with pytest.raises(ValueError, match="cam needs"):

@@ -176,7 +176,7 @@ def test_wrong_type_target(target, match, tiny_cnn, tiny_input):
 
 def test_callable_target_wrong_output(tiny_cnn, tiny_input):
     model_fn, params = fxai.functional(tiny_cnn)
-    with pytest.raises(ValueError, match=r"callable target must return scores \[B\]"):
+    with pytest.raises(ValueError, match=r"callable target must return one floating score per input, a tensor \[B\]"):
         fxai.gradient(model_fn, params, tiny_input, lambda logits: logits.sum())
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._core.checks import check_choice
+from ._core.checks import check_choice, check_finite
 
 REDUCTIONS = ("sum", "mean", "abs_sum", "abs_max", "l2", "max")
 
@@ -118,6 +118,7 @@ def heatmap(attribution: torch.Tensor, *, kind: str | None = None, reduce: str =
         got = attribution.dtype if isinstance(attribution, torch.Tensor) else type(attribution).__name__
         raise TypeError(f"{name} must be a floating-point tensor [B, H, W] or [B, C, H, W], got {got}")
     check_choice(sign, SIGNS, name="sign")
+    check_finite(attribution, name=name)
     if kind is None:
         if attribution.ndim not in (3, 4):
             raise ValueError(f"{name} must have shape [B, H, W] or [B, C, H, W], got {tuple(attribution.shape)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -11,13 +13,33 @@ def check_input(x, *, name: str = "x", min_ndim: int = 2, exact_ndim: int | None
         raise TypeError(f"{name} must be a torch.Tensor batch [B, C, H, W], got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor (e.g. x.float()), got dtype {x.dtype}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (shapes without values); move it to a real device")
     if exact_ndim is not None and x.ndim != exact_ndim:
         raise ValueError(f"{name} must have {exact_ndim} dimensions [B, C, H, W], got shape {tuple(x.shape)}"
                          + (" (add a batch dimension with x[None])" if x.ndim == exact_ndim - 1 else ""))
     if x.ndim < min_ndim:
         raise ValueError(f"{name} must be a batch [B, ...] with at least {min_ndim} dimensions, "
                          f"got shape {tuple(x.shape)} (add a batch dimension with x[None])")
-    return x
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); give at least one input")
+    return check_finite(x, name=name)
+
+
+def check_finite(t: torch.Tensor, *, name: str) -> torch.Tensor:
+    """Check that ``t`` holds no NaN or infinity (skipped where values cannot be read: under ``vmap`` or
+    ``torch.compile``) and return it."""
+    if torch.compiler.is_compiling() or t.device.type == "meta":
+        return t
+    try:
+        finite = bool(torch.isfinite(t).all())
+    except RuntimeError:  # a batched tensor under vmap: no data-dependent check
+        return t
+    if not finite:
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''}; "
+                         "every value must be finite")
+    return t
 
 
 def check_positive_int(value, *, name: str, allow_none: bool = False):
@@ -41,12 +63,14 @@ def as_baseline(baseline, x: torch.Tensor) -> torch.Tensor:
     if callable(baseline) and not isinstance(baseline, torch.Tensor):
         baseline = baseline(x)
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        if not math.isfinite(baseline):
+            raise ValueError(f"baseline must be finite, got {baseline!r}")
         return torch.full_like(x, float(baseline))
     if not isinstance(baseline, torch.Tensor):
         raise TypeError(f"baseline must be a number, a tensor broadcastable to x or a callable x -> tensor; "
                         f"got {type(baseline).__name__}")
     try:
-        return baseline.to(x).expand_as(x)
+        return check_finite(baseline.to(x).expand_as(x), name="baseline")
     except RuntimeError:
         raise ValueError(f"baseline of shape {tuple(baseline.shape)} does not broadcast to x of shape "
                          f"{tuple(x.shape)}") from None
@@ -62,3 +86,4 @@ def check_map(attribution, x, *, name: str = "attribution") -> None:
         raise ValueError(f"{name} must have shape [B, H, W] or [B, C, H, W] with B, H, W = {x.shape[0]}, "
                          f"{x.shape[-2]}, {x.shape[-1]} (those of x); got {tuple(attribution.shape)}. "
                          "Upsample low-resolution maps first (fxai.postprocess.upsample)")
+    check_finite(attribution, name=name)

@@ -34,8 +34,9 @@ ARGS = {
                   "``None``: as many as fit 8 images of 3×224×224 (:func:`fxai._core.batching.auto_chunk`).",
     "key": "int seed or ``torch.Generator`` (required): the same key gives the same map, whatever the chunk size.",
     "baseline": "a number, a tensor broadcastable to ``x`` or a callable ``x -> baseline`` (default ``{default}``).",
-    "score": "``\"softmax\"`` (the target read from the softmax of the outputs; a callable target receives the "
-             "probabilities) or ``\"logit\"`` (raw outputs).",
+    "score": "``\"softmax\"`` (the target read from the class probabilities: the softmax of the outputs, the "
+             "sigmoid of a single-logit model's one output; a callable target receives them) or ``\"logit\"`` "
+             "(raw outputs).",
 }
 
 

@@ -7,7 +7,7 @@ import torch
 
 from .batching import _cat, unstack
 from .layers import forward_with_activations
-from .targets import Target, TargetLike, as_target, check_logits
+from .targets import Target, TargetLike, as_target, check_logits, probabilities
 
 SCORES = ("softmax", "logit")
 
@@ -16,7 +16,7 @@ def row_scores(model_fn, params, rows: torch.Tensor, target: Target, start: int,
     """Target scores ``[n]`` (or ``[n, K]``) of ``n`` stacked rows starting at row ``start``."""
     logits = model_fn(params, rows)
     check_logits(logits, rows)
-    return target.scores(logits.softmax(-1) if score == "softmax" else logits, start)
+    return target.scores(probabilities(logits) if score == "softmax" else logits, start)
 
 
 def clean_forward(model_fn, params, x, target: TargetLike, layers=None):

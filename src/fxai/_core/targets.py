@@ -3,8 +3,8 @@
 A target is an ``int`` (one class for every input), a ``LongTensor[B]`` (one
 class per input), a ``LongTensor[B, K]`` (K classes per input, maps
 ``[B, K, ...]``), ``None`` (the top-1 class on the clean input) or a callable
-``logits -> scores`` returning ``[B]`` (or ``[B, K]``) from the logits of the
-batch, for segmentation masks, boxes or softmax scores.
+``logits -> scores`` returning one score per input, ``[B]``, from the logits
+of the batch, for segmentation masks, boxes or softmax scores.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch.func import vmap
+
+from .checks import check_finite
 
 TargetLike = int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -112,7 +114,7 @@ def as_target(target: TargetLike, x: torch.Tensor, *, name: str = "target") -> T
             raise TypeError(f"{name} must hold integer class indices, got dtype {target.dtype}")
         if target.ndim == 0:
             return as_target(int(target), x, name=name)
-        if target.ndim > 2 or target.shape[0] != batch:
+        if target.ndim > 2 or target.shape[0] != batch or (target.ndim == 2 and target.shape[1] == 0):
             raise ValueError(f"{name} must have shape [B] or [B, K] with B = {batch} (the batch of x), "
                              f"got shape {tuple(target.shape)}")
         if target.numel() and not torch.compiler.is_compiling() and int(target.min()) < 0:
@@ -130,6 +132,7 @@ def check_logits(logits, x: torch.Tensor) -> None:
     if logits.ndim == 0 or logits.shape[0] != x.shape[0]:
         raise ValueError(f"model_fn returned shape {tuple(logits.shape)} for an input batch of {x.shape[0]}; "
                          "x must be a batch [B, C, H, W] and model_fn must return [B, classes]")
+    check_finite(logits, name="model_fn's output (for finite x)")
 
 
 def _check_range(index: torch.Tensor, classes: int) -> None:
@@ -142,14 +145,19 @@ def _check_range(index: torch.Tensor, classes: int) -> None:
 def _call_fn(fn, logits, group):
     n = logits.shape[0]
     if n == group:
-        out = fn(logits)
-    else:
-        out = vmap(fn)(logits.reshape(n // group, group, *logits.shape[1:])).flatten(0, 1)
-    if not isinstance(out, torch.Tensor) or out.ndim not in (1, 2) or out.shape[0] != n:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"target: a callable target must return scores [B] or [B, K] for logits of batch B; got {got}")
-    return out
+        return _checked_scores(fn, logits)
+    return vmap(lambda rows: _checked_scores(fn, rows))(logits.reshape(n // group, group, *logits.shape[1:])).flatten(0, 1)
 
+
+def _checked_scores(fn, logits):
+    """``fn(logits)``, checked to be one floating score per row: ``[N]`` for logits ``[N, ...]``."""
+    out = fn(logits)
+    if not isinstance(out, torch.Tensor) or out.shape != logits.shape[:1] or not out.is_floating_point():
+        got = f"shape {tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"target: a callable target must return one floating score per input, a tensor [B] = "
+                         f"[{logits.shape[0]}] for logits {tuple(logits.shape)}; got {got}. For K scores per "
+                         "input, pass class indices as a LongTensor [B, K] or call once per score")
+    return out
 
 
 def scored_model(model_fn, softmax: bool):
@@ -158,7 +166,13 @@ def scored_model(model_fn, softmax: bool):
         raise TypeError(f"softmax must be True (score probabilities) or False (score logits), got {softmax!r}")
     if not softmax:
         return model_fn
-    return lambda params, x: torch.softmax(model_fn(params, x), dim=-1)
+    return lambda params, x: probabilities(model_fn(params, x))
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of logits ``[N, classes]``: the softmax, or the sigmoid of a single logit (a binary
+    classifier's one output, whose softmax would be 1 whatever the input)."""
+    return torch.sigmoid(logits) if logits.shape[-1] == 1 else logits.softmax(-1)
 
 
 def one_per_input(model_fn, params, x, target):

@@ -64,13 +64,15 @@ def first_component(weighted: torch.Tensor) -> torch.Tensor:
         >>> first_component(torch.ones(1, 4, 3, 3)).shape
         torch.Size([1, 3, 3])
     """
+    dtype = weighted.dtype
+    weighted = weighted.float() if dtype in (torch.float16, torch.bfloat16) else weighted  # no half-precision SVD
     flat = weighted.flatten(-2).transpose(-1, -2)
     flat = flat - flat.mean(-2, keepdim=True)
     _, _, vh = torch.linalg.svd(flat, full_matrices=False)
     proj = (flat @ vh[..., :1, :].transpose(-1, -2)).squeeze(-1)
     ref = weighted.sum(-3).flatten(-2)
     sign = torch.where((proj * ref).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(proj.dtype)
-    return (proj * sign).unflatten(-1, weighted.shape[-2:])
+    return (proj * sign).unflatten(-1, weighted.shape[-2:]).to(dtype)
 
 
 def as_grid(t: torch.Tensor, lead: int, reshape, size) -> torch.Tensor:
@@ -133,6 +135,9 @@ def run(model_fn, params, x, target, *, weigh: Callable, layer=None, grads: bool
         for big_a, g in _layer_tensors(model_fn, params, rows, tgt, layers, grads=grads, reshape=reshape,
                                        chunk_size=chunk_size):
             weighted = weigh(big_a, g, **options)
+            if (pca or eigen_smooth) and weighted.shape[-2:].numel() == 1:
+                raise ValueError("layer: a principal component over a 1×1 map is 0 everywhere; pick a layer with a "
+                                 "spatial map (eigen methods and eigen_smooth need h·w > 1)")
             m = first_component(weighted) if pca or eigen_smooth else weighted.sum(-3)
             maps.append(m.clamp(min=0) if relu else m)
         return _fuse(maps, size, upsample, fusion, **options)

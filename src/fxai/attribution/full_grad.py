@@ -39,8 +39,10 @@ def _bias_layers(model_fn, params, x):
 
 def _per_channel_rescaled(t: torch.Tensor, size) -> torch.Tensor:
     """FullGrad's post-processing: ``|t|`` rescaled to [0, 1] per channel map, upsampled, summed over channels."""
+    dtype = t.dtype
+    t = t.float() if dtype in (torch.float16, torch.bfloat16) else t  # half precision underflows the rescaling
     t = normalize(t.abs(), "minmax", batch_dims=t.ndim - 2)
-    return upsample(t, size).sum(-3)
+    return upsample(t, size).sum(-3).to(dtype)
 
 
 @documented

@@ -24,7 +24,7 @@ def noisy_maps(method, model_fn, params, x, target, /, *, samples: int, sigma: f
     """
     check_input(x)
     check_positive_int(samples, name="samples")
-    if not isinstance(sigma, (int, float)) or sigma < 0:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < float("inf"):
         raise ValueError(f"sigma must be a non-negative number (noise std relative to the input range), got {sigma!r}")
     gen = keys.generator(key)
     flat = x.flatten(1)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from .._core.checks import check_finite
+
 
 def _flat_abs(attribution, name="attribution"):
     if not isinstance(attribution, torch.Tensor) or not attribution.is_floating_point() or attribution.ndim < 2:
         raise ValueError(f"{name} must be a floating-point map [B, ...]")
-    return attribution.detach().flatten(1).abs()
+    return check_finite(attribution, name=name).detach().flatten(1).abs()
 
 
 def sparseness(attribution: torch.Tensor) -> torch.Tensor:

@@ -24,18 +24,19 @@ def _check(attribution, mask, reduce):
     return amap, mask.to(device=amap.device, dtype=torch.bool)
 
 
-def pointing_game(attribution: torch.Tensor, mask: torch.Tensor, *, tolerance: float = 15.0,
+def pointing_game(attribution: torch.Tensor, mask: torch.Tensor, *, tolerance: float | None = None,
                   reduce: str = "sum") -> torch.Tensor:
     r"""Pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016).
 
     A hit (1.0) when the map's maximum lies in the mask or within ``tolerance``
     pixels (Euclidean) of it, else 0.0. The maximum is the first one in
-    row-major order when several pixels tie.
+    row-major order when several pixels tie; a constant map (no maximum) is a miss.
 
     Args:
         attribution: map ``[B, H, W]`` or ``[B, C, H, W]``.
         mask: ground truth ``[B, H, W]`` (bool, or nonzero = inside).
-        tolerance: radius in pixels (the paper uses 15).
+        tolerance: radius in pixels; ``None`` scales the paper's 15 pixels at 224×224 with the image,
+            :math:`15 \min(H, W) / 224` (1.07 pixels at 16×16).
 
     Returns:
         ``[B]`` of 0.0/1.0; its mean is the accuracy.
@@ -43,16 +44,19 @@ def pointing_game(attribution: torch.Tensor, mask: torch.Tensor, *, tolerance: f
     Example:
         >>> hits = fxai.metrics.pointing_game(amap, masks, tolerance=15)
     """
-    if not isinstance(tolerance, (int, float)) or tolerance < 0:
-        raise ValueError(f"tolerance must be a non-negative number of pixels, got {tolerance!r}")
     amap, m = _check(attribution, mask, reduce)
+    if tolerance is None:
+        tolerance = 15 * min(amap.shape[-2:]) / 224
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < float("inf"):
+        raise ValueError(f"tolerance must be a non-negative number of pixels or None, got {tolerance!r}")
     r = math.floor(tolerance)
     if r > 0:
         t = torch.arange(-r, r + 1, device=amap.device, dtype=torch.float32)
         disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= tolerance**2).float()[None, None]
         m = F.conv2d(m[:, None].float(), disk, padding=r)[:, 0] > 0.5
-    idx = amap.flatten(1).argmax(1, keepdim=True)
-    return m.flatten(1).gather(1, idx)[:, 0].to(amap.dtype)
+    flat = amap.flatten(1)
+    hit = m.flatten(1).gather(1, flat.argmax(1, keepdim=True))[:, 0]
+    return (hit & (flat.amax(1) > flat.amin(1))).to(amap.dtype)
 
 
 def relevance_mass(attribution: torch.Tensor, mask: torch.Tensor, *, reduce: str = "sum") -> torch.Tensor:

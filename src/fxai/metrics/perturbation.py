@@ -43,7 +43,7 @@ def perturbation_curve(model_fn, params, x: torch.Tensor, target: TargetLike, at
         counts: number of units perturbed at each step, ints ``[S]``.
         imputer: an imputer ``(x, masks, *, key) -> [S, B, C, H, W]`` or a name
             (see :mod:`fxai.metrics.imputers`).
-        softmax: score probabilities (True) or logits (False).
+        softmax: score probabilities (True; the sigmoid of a single-logit model) or logits (False).
         key: randomness for tie-breaking in the ranking and for random imputers.
         chunk_size: at most this many perturbed inputs per forward pass (and
             about ``max(chunk_size, B)`` imputed inputs in memory at once); ``None``: as many as fit 8

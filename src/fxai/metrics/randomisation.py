@@ -94,7 +94,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, absolute: bool = False) -> tor
 
     The Pearson correlation of the average ranks (ties share their mean rank,
     as ``scipy.stats.spearmanr``) of the flattened maps; with ``absolute=True``,
-    of :math:`|a|` and :math:`|b|` (Adebayo et al. report both).
+    of :math:`|a|` and :math:`|b|` (Adebayo et al. report both). Where scipy
+    returns NaN, for constant maps: 1 when both maps are constant, 0 when one is.
 
     Example:
         >>> fxai.metrics.spearman(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, 1.0]]))
@@ -108,7 +109,10 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, absolute: bool = False) -> tor
     dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
     ra, rb = _ranks(a.to(dtype)), _ranks(b.to(dtype))
     ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
-    return (ra * rb).sum(-1) / (ra.square().sum(-1) * rb.square().sum(-1)).sqrt()
+    va, vb = ra.square().sum(-1), rb.square().sum(-1)
+    rho = (ra * rb).sum(-1) / (va * vb).clamp_min(torch.finfo(dtype).tiny).sqrt()
+    # A constant map ranks nothing: two of them agree (1), one against a varying map correlates 0.
+    return torch.where((va == 0) & (vb == 0), torch.ones_like(rho), rho)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float | torch.Tensor | None = None,
@@ -122,7 +126,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float | torch.Tensor |
     averaged over every ``win_size × win_size`` window inside the map (uniform
     window, sample covariances), and over channels: the conventions of
     ``skimage.metrics.structural_similarity``. ``data_range`` :math:`L`
-    defaults to each pair's joint range ``max(a, b) - min(a, b)``.
+    defaults to each pair's joint range ``max(a, b) - min(a, b)``; two equal
+    constant maps (a zero range, where the formula is 0/0) score 1.
 
     Example:
         >>> m = torch.rand(2, 16, 16)
@@ -157,7 +162,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float | torch.Tensor |
     ux, uy = ux + mx.view(bsz, c, 1), uy + my.view(bsz, c, 1)
     c1, c2 = (k1 * rng.view(-1, 1, 1)) ** 2, (k2 * rng.view(-1, 1, 1)) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.mean((1, 2))
+    return torch.where(rng.view(-1) == 0, torch.ones_like(s[:, 0, 0]), s.mean((1, 2)))  # equal constant maps: 1
 
 
 SIMILARITIES = {

@@ -7,7 +7,7 @@ import torch
 from .._core import keys
 from .._core.batching import scores as stacked_scores
 from .._core.batching import auto_chunk, unstack
-from .._core.checks import check_input, check_positive_int
+from .._core.checks import check_finite, check_input, check_positive_int
 from .._core.targets import TargetLike, one_per_input, scored_model
 
 
@@ -28,6 +28,7 @@ def _perturbations(perturb, x, samples, key, default):
 def _pixel_map(attribution, x, name="attribution"):
     if not isinstance(attribution, torch.Tensor) or not attribution.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor shaped like x or [B, H, W]")
+    check_finite(attribution, name=name)
     if attribution.shape == x.shape:
         return attribution
     if x.ndim == 4 and attribution.shape == (x.shape[0], *x.shape[2:]):
@@ -57,7 +58,7 @@ def infidelity(model_fn, params, x: torch.Tensor, target: TargetLike, attributio
         samples: number of perturbations per input.
         sigma: std of the default Gaussian perturbation.
         key: randomness of the default perturbation (required then).
-        softmax: score probabilities (True) or logits (False).
+        softmax: score probabilities (True; the sigmoid of a single-logit model) or logits (False).
 
     Returns:
         ``[B]`` infidelities (lower is better).
@@ -104,7 +105,8 @@ def max_sensitivity(model_fn, params, x: torch.Tensor, target: TargetLike, attri
         samples: number of perturbations per input.
         radius: :math:`r`, the L-infinity radius of the perturbation.
         method_options: keyword options for ``method`` (e.g. ``{"steps": 16}``).
-        key: randomness of the perturbations (and of a randomised ``method``).
+        key: randomness of the perturbations (and of a randomised ``method``); required when either is
+            drawn (the default ``perturb``, a method with a ``key``), as in :func:`infidelity`.
 
     Returns:
         ``[B]`` max-sensitivities (lower is better).
@@ -121,11 +123,13 @@ def max_sensitivity(model_fn, params, x: torch.Tensor, target: TargetLike, attri
     if not isinstance(attribution, torch.Tensor) or attribution.shape[0] != x.shape[0]:
         raise ValueError(f"attribution must be the method's map at x, a tensor [B, ...] with B = {x.shape[0]}")
     options = dict(method_options or {})
-    gen = keys.generator(key)
+    random_method = "key" not in options and keys.takes_key(method)
+    # A key is needed when something random is drawn: the default perturbation, or a randomised method.
+    gen = keys.generator(key) if perturb is None or random_method or key is not None else None
     delta = _perturbations(perturb, x, samples, gen,
                            lambda g: radius * (2 * keys.uniform(g, (samples, *x.shape), x) - 1))
     tgt = one_per_input(model_fn, params, x, target)
-    if "key" not in options and keys.takes_key(method):
+    if random_method:
         options["key"] = gen
     maps = method(model_fn, params, (x[None] + delta).flatten(0, 1), tgt.stacked(samples), **options)
     maps = unstack(maps.detach(), samples)
