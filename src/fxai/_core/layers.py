@@ -115,7 +115,7 @@ def _trace(model_fn: FunctionalModel, params, x: torch.Tensor):
         return hook
 
     try:
-        for name, mod in model_fn.module.named_modules():
+        for name, mod in model_fn.skeleton.named_modules():  # the copy that runs, never the user's module
             if name:
                 handles.append(mod.register_forward_hook(make(name, mod)))
         _dry_run(model_fn, params, x[:1])
