@@ -37,13 +37,15 @@ class FunctionalModel:
     ``functional()``. ``module`` is the user's module, kept for layer names and
     types; the FX rewrites that tap layers are traced on first use and kept here.
 
-    Integer and boolean buffers (BatchNorm's ``num_batches_tracked``, index
-    tables) are not in ``params``, so that ``torch.func.grad`` can differentiate
-    with respect to all of ``params``; the model supplies its own copies of them
-    (on the input's device), or the ones given in ``params``.
+    Buffers are state, not weights: floating-point buffers (BatchNorm's running
+    statistics) enter the model as constants (their gradient is zero), and
+    integer and boolean buffers (``num_batches_tracked``, index tables) are not
+    in ``params`` at all (the model supplies its own copies, on the input's
+    device, unless ``params`` has them). So ``torch.func.grad`` can
+    differentiate with respect to all of ``params`` on any model.
     """
 
-    __slots__ = ("module", "_copies", "_names", "_fixed", "_taps")
+    __slots__ = ("module", "_copies", "_names", "_buffers", "_fixed", "_taps", "__weakref__")
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -58,6 +60,7 @@ class FunctionalModel:
         self._copies.get()  # this thread's copy now, outside any transform or torch.compile
         named = dict(_tensors(module))
         self._names = tuple(k for k, t in named.items() if _differentiable(t))
+        self._buffers = tuple(k for k, t in module.named_buffers() if _differentiable(t))
         self._fixed = {k: t.detach().clone() for k, t in named.items() if not _differentiable(t)}
         self._taps = {}
 
@@ -67,7 +70,7 @@ class FunctionalModel:
         return self._copies.get()
 
     def tensors(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> Mapping[str, torch.Tensor]:
-        """``params`` checked for completeness, with the module's integer and boolean buffers added."""
+        """``params`` checked for completeness, buffers detached, the module's integer and boolean buffers added."""
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be the dict of tensors fxai.functional(module) returned, "
                             f"got {type(params).__name__}")
@@ -77,10 +80,13 @@ class FunctionalModel:
                                                                else "")
             raise KeyError(f"params: missing {shown}; pass the dict fxai.functional(module) returned "
                            "(or one with the same keys)")
-        if not self._fixed:
-            return params
-        device = x.device if isinstance(x, torch.Tensor) else None
-        return {**{k: v.to(device) for k, v in self._fixed.items()}, **params}
+        tensors = dict(params)
+        for k in self._buffers:  # native batch_norm refuses running statistics that require grad
+            tensors[k] = tensors[k].detach()
+        if self._fixed:
+            device = x.device if isinstance(x, torch.Tensor) else None
+            tensors = {**{k: v.to(device) for k, v in self._fixed.items()}, **tensors}
+        return tensors
 
     def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.skeleton, self.tensors(params, x), (x,))
@@ -111,7 +117,8 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
     module's floating-point parameters **and** buffers, detached (what
     ``torch.func.functional_call`` takes). Integer and boolean buffers, such as
     BatchNorm's ``num_batches_tracked``, are left out (``model_fn`` keeps its
-    own copies), so ``torch.func.grad(loss)(params)`` works on any model. The
+    own copies) and buffers are constants of ``model_fn`` (zero gradient), so
+    ``torch.func.grad(loss)(params)`` works on any model. The
     module is not mutated, not even during a call: ``model_fn`` runs on its own
     structural copy of the module (one per thread, see :class:`FunctionalModel`),
     taken now, whose tensors all come from ``params``. Its training flag,
