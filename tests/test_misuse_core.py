@@ -369,3 +369,44 @@ def test_functional_per_explanation_does_not_accumulate(tiny_input):
     for _ in range(5):
         explain_once()
     assert alive() == before  # no FX source, no model_fn, no tap left behind
+
+
+class _Odd(nn.Module):
+    """Tied weights, a submodule used twice under two names, a hook bound to the module, a plain tensor attribute."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pre = nn.Conv2d(3, 3, 1)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.again = self.conv
+        self.fc = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 3)
+        self.head.weight = self.fc.weight
+        self.offset = torch.tensor([0.5, -0.5, 0.0])
+        self.fc.register_forward_hook(self._shift)
+
+    def _shift(self, m, args, out):
+        return out + self.offset * self.head.bias.sum()
+
+    def forward(self, x):
+        return self.head(self.fc(self.again(self.conv(self.pre(x))).relu().mean((2, 3))))
+
+
+def test_copy_keeps_ties_shared_modules_and_bound_hooks():
+    module = _Odd().eval()
+    model_fn, params = fxai.functional(module)
+    assert "head.weight" not in params  # tied to fc.weight: one entry, as named_parameters gives it
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model_fn(params, x), module(x), rtol=0, atol=0)
+    other = dict(params, **{"fc.weight": 2 * params["fc.weight"], "head.bias": params["head.bias"] + 1})
+    with torch.no_grad():
+        module.fc.weight.mul_(2)
+        module.head.bias.add_(1)
+    torch.testing.assert_close(model_fn(other, x), module(x), rtol=1e-6, atol=1e-6)
+    copy_ = model_fn.skeleton
+    assert copy_.again is copy_.conv and copy_.head.weight is copy_.fc.weight
+    assert next(iter(copy_.fc._forward_hooks.values())).__self__ is copy_  # the hook reads the copy, never module
+    _close(_grad_cam(model_fn, other, x, torch.tensor([0, 1]), layer="pre"),
+           _autograd_grad_cam(module, x, torch.tensor([0, 1]), "pre"))
+    assert model_fn.graph_tap(("pre",)) is not None

@@ -36,6 +36,8 @@ import torch.fx as fx
 from torch import nn
 from torch.func import functional_call
 
+from .skeleton import copy_skeleton
+
 
 def _reused(layer: str) -> ValueError:
     return ValueError(f"layer: {layer!r} runs more than once in one forward pass (a module reused inside the model, "
@@ -120,7 +122,7 @@ def trace_tap(module: nn.Module, layers: list[str], *, copy: bool = True):
     tracer = _LeafTracer(layers)
     if global_hooks() or _traced_hooks(module, tracer):
         return None
-    root = _copy.deepcopy(module) if copy else module
+    root = copy_skeleton(module) if copy else module
     try:
         with _TRACING:
             graph = tracer.trace(root)
