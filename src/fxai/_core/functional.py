@@ -84,8 +84,9 @@ class FunctionalModel:
         for k in self._buffers:  # native batch_norm refuses running statistics that require grad
             tensors[k] = tensors[k].detach()
         if self._fixed:
-            device = x.device if isinstance(x, torch.Tensor) else None
-            tensors = {**{k: v.to(device) for k, v in self._fixed.items()}, **tensors}
+            fixed = self._fixed if not isinstance(x, torch.Tensor) else {k: v.to(x.device) for k, v in
+                                                                          self._fixed.items()}
+            tensors = {**fixed, **tensors}
         return tensors
 
     def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +98,8 @@ class FunctionalModel:
         if layers not in self._taps:
             if torch.compiler.is_compiling():
                 return None  # FX cannot trace inside dynamo: the hook tap serves this call
-            self._taps[layers] = trace_tap(self._copies.master, list(layers), copy=not self._copies.share)
+            # two threads may trace at once: the first to finish is the one every thread binds
+            self._taps.setdefault(layers, trace_tap(self._copies.master, list(layers), copy=not self._copies.share))
         tap = self._taps[layers]
         if tap is None or global_hooks():
             return None
