@@ -64,7 +64,7 @@ def _trace(model_fn: FunctionalModel, params, x: torch.Tensor):
         return hook
 
     try:
-        for name, mod in model_fn.module.named_modules():
+        for name, mod in model_fn.skeleton.named_modules():
             if name:
                 handles.append(mod.register_forward_hook(make(name, mod)))
         _dry_run(model_fn, params, x[:1])

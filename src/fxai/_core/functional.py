@@ -2,44 +2,111 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from .taps import graph_tap
+from .skeleton import ThreadCopies, skeleton
+from .taps import bind_tap, global_hooks, trace_tap
 
 _STATEFUL_IN_TRAINING = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.AlphaDropout)
+
+
+def _differentiable(t: torch.Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def _tensors(module: nn.Module):
+    yield from module.named_parameters()
+    yield from module.named_buffers()
 
 
 class FunctionalModel:
     """A module seen as a pure function of ``(params, x)``.
 
-    Calling it runs ``torch.func.functional_call(module, params, (x,))``: the
-    module's own parameters and buffers are never read or written, so the same
-    object can be differentiated, vmapped and compiled with respect to
-    ``params``. ``module`` is kept for layer access (CAM methods); the FX
-    rewrites that tap its layers are built on first use and kept here, so a
-    module whose structure changes afterwards needs a new ``functional()``.
+    Calling it runs ``torch.func.functional_call`` on fxai's own structural copy
+    of the module (a skeleton whose parameters and buffers live on the ``meta``
+    device, one per thread), with every tensor taken from ``params``: the user's
+    module is never run, read or written during a call, and threads do not share
+    the copy. The copy keeps the module as it is when this object is made:
+    submodules, hooks, training flags and Python attributes; a module changed
+    afterwards (``.train()``, new hooks or attributes) needs a new
+    ``functional()``. ``module`` is the user's module, kept for layer names and
+    types; the FX rewrites that tap layers are traced on first use and kept here.
+
+    Buffers are state, not weights: floating-point buffers (BatchNorm's running
+    statistics) enter the model as constants (their gradient is zero), and
+    integer and boolean buffers (``num_batches_tracked``, index tables) are not
+    in ``params`` at all (the model supplies its own copies, on the input's
+    device, unless ``params`` has them). So ``torch.func.grad`` can
+    differentiate with respect to all of ``params`` on any model.
     """
 
-    __slots__ = ("module", "_taps")
+    __slots__ = ("module", "_copies", "_names", "_buffers", "_fixed", "_taps", "__weakref__")
 
     def __init__(self, module: nn.Module):
         self.module = module
+        try:
+            master, share = skeleton(module), False
+        except Exception as err:  # noqa: BLE001 - a module deepcopy cannot copy still works, without the guarantees
+            warnings.warn(f"functional(module): the module cannot be copied ({type(err).__name__}: {err}); model_fn "
+                          "runs on the module itself, which is then not safe to use from several threads at once",
+                          RuntimeWarning, stacklevel=3)
+            master, share = module, True
+        self._copies = ThreadCopies(master, share=share)
+        self._copies.get()  # this thread's copy now, outside any transform or torch.compile
+        named = dict(_tensors(module))
+        self._names = tuple(k for k, t in named.items() if _differentiable(t))
+        self._buffers = tuple(k for k, t in module.named_buffers() if _differentiable(t))
+        self._fixed = {k: t.detach().clone() for k, t in named.items() if not _differentiable(t)}
         self._taps = {}
 
+    @property
+    def skeleton(self) -> nn.Module:
+        """This thread's structural copy of the module (tensors on ``meta``): what calls run."""
+        return self._copies.get()
+
+    def tensors(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """``params`` checked for completeness, buffers detached, the module's integer and boolean buffers added."""
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be the dict of tensors fxai.functional(module) returned, "
+                            f"got {type(params).__name__}")
+        missing = [k for k in self._names if k not in params]
+        if missing:
+            shown = ", ".join(repr(k) for k in missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5
+                                                               else "")
+            raise KeyError(f"params: missing {shown}; pass the dict fxai.functional(module) returned "
+                           "(or one with the same keys)")
+        tensors = dict(params)
+        for k in self._buffers:  # native batch_norm refuses running statistics that require grad
+            tensors[k] = tensors[k].detach()
+        if self._fixed:
+            fixed = self._fixed if not isinstance(x, torch.Tensor) else {k: v.to(x.device) for k, v in
+                                                                          self._fixed.items()}
+            tensors = {**fixed, **tensors}
+        return tensors
+
     def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.module, params, (x,))
+        return functional_call(self.skeleton, self.tensors(params, x), (x,))
 
     def graph_tap(self, layers: tuple[str, ...]):
-        """The module rewritten by FX to tap ``layers`` (see :func:`fxai._core.taps.graph_tap`), built once."""
+        """This thread's FX rewrite of the module tapping ``layers`` (see :func:`fxai._core.taps.trace_tap`),
+        or ``None`` where the hook tap serves (untraceable models, hooks FX would drop, inside torch.compile)."""
         if layers not in self._taps:
             if torch.compiler.is_compiling():
                 return None  # FX cannot trace inside dynamo: the hook tap serves this call
-            self._taps[layers] = graph_tap(self.module, list(layers))
-        return self._taps[layers]
+            # two threads may trace at once: the first to finish is the one every thread binds
+            self._taps.setdefault(layers, trace_tap(self._copies.master, list(layers), copy=not self._copies.share))
+        tap = self._taps[layers]
+        if tap is None or global_hooks():
+            return None
+        key = (layers, tap[0])
+        if torch.compiler.is_compiling() and not self._copies.has(key):
+            return None
+        return self._copies.cached(key, lambda own: bind_tap(own, tap))
 
     def __repr__(self) -> str:
         return f"FunctionalModel({type(self.module).__name__})"
@@ -49,9 +116,15 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
     """Split ``module`` into a pure ``model_fn`` and its ``params``.
 
     ``model_fn(params, x)`` equals ``module(x)``; ``params`` is a dict of the
-    module's parameters **and** buffers, detached (``torch.func.functional_call``
-    takes both). The module is not mutated: its training flag, ``requires_grad``
-    flags, ``.grad`` and hooks stay as they were.
+    module's floating-point parameters **and** buffers, detached (what
+    ``torch.func.functional_call`` takes). Integer and boolean buffers, such as
+    BatchNorm's ``num_batches_tracked``, are left out (``model_fn`` keeps its
+    own copies) and buffers are constants of ``model_fn`` (zero gradient), so
+    ``torch.func.grad(loss)(params)`` works on any model. The
+    module is not mutated, not even during a call: ``model_fn`` runs on its own
+    structural copy of the module (one per thread, see :class:`FunctionalModel`),
+    taken now, whose tensors all come from ``params``. Its training flag,
+    ``requires_grad`` flags, ``.grad`` and hooks stay as they were.
 
     A module in training mode that holds BatchNorm or Dropout layers would mix
     examples in a batch, write running statistics and draw random masks, which
@@ -63,6 +136,7 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
         >>> import torchvision
         >>> model_fn, params = fxai.functional(torchvision.models.resnet18().eval())
         >>> logits = model_fn(params, torch.randn(2, 3, 64, 64))
+        >>> grads = torch.func.grad(lambda p: model_fn(p, x).logsumexp(-1).sum())(params)
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"functional(module): expected a torch.nn.Module, got {type(module).__name__}")
@@ -75,10 +149,10 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
                 f"functional(module): the module is in training mode and has BatchNorm/Dropout layers ({shown}); "
                 "attributions need deterministic, per-example outputs. Call module.eval() first, "
                 "or pass allow_training=True if you really mean training-mode behaviour.")
-    params = {name: p.detach() for name, p in module.named_parameters()}
     # A training-mode forward writes running statistics into the buffers it is given: give it copies.
     own = (lambda b: b.detach().clone()) if allow_training else (lambda b: b.detach())
-    params.update({name: own(b) for name, b in module.named_buffers()})
+    params = {name: p.detach() for name, p in module.named_parameters() if _differentiable(p)}
+    params.update({name: own(b) for name, b in module.named_buffers() if _differentiable(b)})
     return FunctionalModel(module), params
 
 

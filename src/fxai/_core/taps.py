@@ -5,14 +5,18 @@ the layer's output (before the ``delta``) next to the logits: the gradient
 w.r.t. a zero ``delta`` is the gradient w.r.t. the activation (the ``perturb``
 trick of Flax). Two ways to build one, with the same signature:
 
-- an FX rewrite (the default): the module is traced once with the tapped
-  layers kept as leaves, and an ``_inject`` node is placed after each of
-  them. The result is a pure graph that ``torch.compile(fullgraph=True)``
-  takes whole; it holds the user's own submodules and parameters (nothing is
-  copied or changed).
+- an FX rewrite (the default): the module's structural copy (see
+  :mod:`fxai._core.skeleton`) is traced once with the tapped layers kept as
+  leaves, and an ``_inject`` node is placed after each of them. The result is
+  a pure graph that ``torch.compile(fullgraph=True)`` takes whole; each thread
+  binds it to its own copy of the module, so no thread sees another's tensors.
+  FX traces ``forward``, not ``__call__``: hooks on the root module and on the
+  modules it traces through would be dropped or frozen, so a module with such
+  hooks (or with global module hooks) gets the hook tap instead, which runs
+  the module as ``module(x)`` does.
 - a scoped forward hook, for models FX cannot trace (data-dependent control
-  flow): registered and removed inside each call, so nothing stays on the
-  module; it compiles with graph breaks only.
+  flow) or whose hooks FX cannot keep: registered on this thread's copy of the
+  module and removed inside each call; it compiles with graph breaks only.
 
 Either way the activation is kept apart from what flows on: an in-place op
 after the layer (ResNet's ``ReLU(inplace=True)`` after ``bn1``) changes the
@@ -22,11 +26,17 @@ copy the model goes on with, never the activation returned.
 from __future__ import annotations
 
 import contextlib
+import copy as _copy
+import linecache
+import threading
+import weakref
 
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.func import functional_call
+
+from .skeleton import copy_skeleton
 
 
 def _reused(layer: str) -> ValueError:
@@ -46,21 +56,76 @@ def _inject(activation, deltas, i: int, layer: str):
 
 
 class _LeafTracer(fx.Tracer):
-    """The default tracer, with the tapped layers kept whole as ``call_module`` nodes."""
+    """The default tracer, with the tapped layers kept whole as ``call_module`` nodes.
+
+    While it traces, FX patches ``nn.Module.__call__`` and ``__getattr__`` for the
+    whole process; module calls from other threads pass through untouched.
+    """
 
     def __init__(self, layers):
         super().__init__()
         self.layers = set(layers)
+        self.thread = threading.get_ident()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return qualname in self.layers or super().is_leaf_module(m, qualname)
 
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self.thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
 
-def graph_tap(module: nn.Module, layers: list[str]) -> fx.GraphModule | None:
-    """``module`` rewritten as ``gm(x, deltas=None) -> (logits, [activation per layer])``; ``None`` if FX cannot trace it
-    or a layer is hidden inside a module FX keeps whole."""
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self.thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
+_TRACING = threading.Lock()  # FX's patches of nn.Module are process-wide: one trace at a time
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def global_hooks() -> bool:
+    """Whether module hooks are registered globally (``torch.nn.modules.module.register_module_forward_hook``...)."""
+    from torch.nn.modules import module as m
+    return any(getattr(m, f"_global{name}", None) for name in _HOOKS)
+
+
+def _traced_hooks(module: nn.Module, tracer: fx.Tracer) -> list[str]:
+    """Modules with hooks that an FX trace of ``module`` would run through (root included): their hooks would be
+    dropped (root) or frozen into the graph."""
+    found = []
+
+    def visit(m, name):
+        if name and tracer.is_leaf_module(m, name):
+            return  # called as a module by the graph: its hooks run
+        if any(getattr(m, attr, None) for attr in _HOOKS):
+            found.append(name or "<root>")
+        for child, sub in m.named_children():
+            visit(sub, f"{name}.{child}" if name else child)
+
+    visit(module, "")
+    return found
+
+
+def _fetch(root, target: str):
+    for atom in target.split("."):
+        root = getattr(root, atom)
+    return root
+
+
+def trace_tap(module: nn.Module, layers: list[str], *, copy: bool = True):
+    """The graph of ``module`` rewritten as ``gm(x, deltas=None) -> (logits, [activation per layer])``; ``None`` where
+    the hook tap must serve: FX cannot trace the module, a layer is hidden inside a module FX keeps whole, or the
+    module has hooks FX would not keep. ``copy``: trace a throwaway copy (a forward that sets attributes changes
+    only that)."""
+    tracer = _LeafTracer(layers)
+    if global_hooks() or _traced_hooks(module, tracer):
+        return None
+    root = copy_skeleton(module) if copy else module
     try:
-        graph = _LeafTracer(layers).trace(module)
+        with _TRACING:
+            graph = tracer.trace(root)
     except Exception:  # noqa: BLE001 - any tracing failure means: use the hook tap
         return None
     nodes = []
@@ -83,7 +148,36 @@ def graph_tap(module: nn.Module, layers: list[str]) -> fx.GraphModule | None:
     (output,) = [n for n in graph.nodes if n.op == "output"]
     output.args = ((output.args[0], tuple(nodes)),)
     graph.lint()
-    return fx.GraphModule(module, graph, class_name=f"Tapped{type(module).__name__}")
+    constants = {}  # tensors FX made attributes of the traced root (literals in forward), absent from the module
+    for n in graph.nodes:
+        if n.op == "get_attr":
+            try:
+                _fetch(module, n.target)
+            except AttributeError:
+                constants[n.target] = _fetch(root, n.target)
+    return graph, constants
+
+
+def _forget_source(key: str) -> None:
+    loader = getattr(fx.graph_module, "_loader", None)
+    if loader is not None:
+        getattr(loader, "eval_cache", {}).pop(key, None)
+    linecache.cache.pop(key, None)
+
+
+def bind_tap(module: nn.Module, tap) -> fx.GraphModule:
+    """A graph made by :func:`trace_tap` as a module over ``module``'s submodules and tensors.
+
+    FX keeps each generated ``forward``'s source for tracebacks for the life of the
+    process; it is released here when the module goes, so that taps made again and
+    again (a ``functional()`` per explanation) do not accumulate.
+    """
+    graph, constants = tap
+    root = {n.target: constants[n.target] if n.target in constants else _fetch(module, n.target)
+            for n in graph.nodes if n.op in ("get_attr", "call_module")}
+    gm = fx.GraphModule(root, _copy.deepcopy(graph), class_name=f"Tapped{type(module).__name__}")
+    weakref.finalize(gm, _forget_source, type(gm).forward.__code__.co_filename)
+    return gm
 
 
 @contextlib.contextmanager
@@ -118,16 +212,18 @@ def module_tap(model_fn, layers: list[str]):
     """
     gm = model_fn.graph_tap(tuple(layers))
     if gm is not None:
-        names = {n for n, _ in gm.named_parameters()} | {n for n, _ in gm.named_buffers()}
+        names = ({n for n, _ in gm.named_parameters(remove_duplicate=False)}
+                 | {n for n, _ in gm.named_buffers(remove_duplicate=False)})
 
         def graph_fn(params, x, deltas=None):
-            return functional_call(gm, {k: v for k, v in params.items() if k in names}, (x, deltas))
+            tensors = model_fn.tensors(params, x)
+            return functional_call(gm, {k: v for k, v in tensors.items() if k in names}, (x, deltas))
 
         return graph_fn
 
     def hook_fn(params, x, deltas=None):
         store = [None] * len(layers)
-        with _hooked(model_fn.module, layers, deltas, store):
+        with _hooked(model_fn.skeleton, layers, deltas, store):
             logits = model_fn(params, x)
         for n, a in zip(layers, store):
             if a is None:
