@@ -198,3 +198,19 @@ def test_max_sensitivity_needs_a_key_only_when_something_is_drawn(tiny, tiny_inp
     with pytest.raises(TypeError, match="key is required"):
         M.infidelity(*tiny, tiny_input, 0, g, samples=2)
     assert M.infidelity(*tiny, tiny_input, 0, g, perturb=fixed, samples=2).shape == (3,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_x_of_another_dtype_than_the_params_is_refused(dtype, tiny, tiny_input):
+    for method in (fxai.gradient, lambda *a: fxai.grad_cam(*a, layer="layer4")):
+        with pytest.raises(TypeError, match=f"x has dtype {dtype} but the model's parameters are torch.float32"):
+            method(*tiny, tiny_input.to(dtype), 0)
+
+
+def test_wrapped_and_scripted_modules(tiny_input):
+    model = make_tiny_cnn()
+    model_fn, params = fxai.functional(nn.DataParallel(model))
+    torch.testing.assert_close(fxai.gradient(model_fn, params, tiny_input, 0),
+                               fxai.gradient(*fxai.functional(model), tiny_input, 0))
+    with pytest.raises(TypeError, match="TorchScript module"):
+        fxai.functional(torch.jit.script(nn.Linear(3, 2)))

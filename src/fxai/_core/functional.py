@@ -24,6 +24,19 @@ def _tensors(module: nn.Module):
     yield from module.named_buffers()
 
 
+def _check_like(params: Mapping[str, torch.Tensor], x, names) -> None:
+    """``x`` of the floating dtype and on the device of the parameters (a clear error, not one from a kernel)."""
+    if not isinstance(x, torch.Tensor) or not names:
+        return
+    p = params[names[0]]
+    if x.is_floating_point() and p.is_floating_point() and x.dtype != p.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {p.dtype}: convert one of them "
+                        f"(x.to({p.dtype}), or the module before fxai.functional)")
+    if x.device.type != "meta" and p.device.type != "meta" and x.device != p.device:
+        raise ValueError(f"x is on {x.device} but the model's parameters are on {p.device}: move one of them "
+                         f"(x.to({str(p.device)!r}))")
+
+
 class FunctionalModel:
     """A module seen as a pure function of ``(params, x)``.
 
@@ -80,6 +93,7 @@ class FunctionalModel:
                                                                else "")
             raise KeyError(f"params: missing {shown}; pass the dict fxai.functional(module) returned "
                            "(or one with the same keys)")
+        _check_like(params, x, self._names)
         tensors = dict(params)
         for k in self._buffers:  # native batch_norm refuses running statistics that require grad
             tensors[k] = tensors[k].detach()
@@ -126,6 +140,9 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
     taken now, whose tensors all come from ``params``. Its training flag,
     ``requires_grad`` flags, ``.grad`` and hooks stay as they were.
 
+    ``nn.DataParallel`` and ``DistributedDataParallel`` wrappers are unwrapped
+    (``.module``); TorchScript modules are refused.
+
     A module in training mode that holds BatchNorm or Dropout layers would mix
     examples in a batch, write running statistics and draw random masks, which
     breaks every guarantee of a pure function; it is refused unless
@@ -140,6 +157,11 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"functional(module): expected a torch.nn.Module, got {type(module).__name__}")
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError("functional(module): a TorchScript module cannot run with parameters passed in (torch.func "
+                        "needs Python modules); pass the nn.Module it was scripted from")
+    if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        module = module.module  # the wrapped model: fxai batches and vectorises on its own
     if not allow_training:
         stateful = [name or type(module).__name__ for name, m in module.named_modules()
                     if m.training and isinstance(m, _STATEFUL_IN_TRAINING)]
