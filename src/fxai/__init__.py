@@ -32,6 +32,8 @@ from .attribution.cam import guided_grad_cam as guided_grad_cam
 from .attribution.cam import hires_cam as hires_cam
 from .attribution.cam import layer_cam as layer_cam
 from .attribution.cam import xgrad_cam as xgrad_cam
+from .attribution.factorization import Factorization as Factorization
+from .attribution.factorization import deep_feature_factorization as deep_feature_factorization
 from .attribution.perturbation import ablation_cam as ablation_cam
 from .attribution.perturbation import occlusion as occlusion
 from .attribution.perturbation import rise as rise
@@ -44,6 +46,7 @@ from . import metrics as metrics
 __version__ = "0.1.0"
 
 __all__ = [
+    "Factorization",
     "FunctionalModel",
     "ablation_cam",
     "cam",
@@ -64,6 +67,7 @@ __all__ = [
     "score_cam",
     "xgrad_cam",
     "deconvnet",
+    "deep_feature_factorization",
     "expected_gradients",
     "functional",
     "gradient",
