@@ -94,27 +94,42 @@ def _given_init(v: torch.Tensor, rank: int, init):
 
 def _hals(v: torch.Tensor, w: torch.Tensor, h: torch.Tensor, iterations: int, tol: float) -> NMFResult:
     lead, rank = v.shape[:-2], w.shape[-1]
+    v, w, h = v.reshape(-1, *v.shape[-2:]), w.reshape(-1, *w.shape[-2:]), h.reshape(-1, *h.shape[-2:])
     tiny = torch.finfo(v.dtype).tiny
-    active = torch.ones(lead, dtype=torch.bool, device=v.device)
-    done = torch.zeros(lead, dtype=torch.long, device=v.device)
+    active = torch.ones(v.shape[0], dtype=torch.bool, device=v.device)
+    all_active = True
+    done = torch.zeros(v.shape[0], dtype=torch.long, device=v.device)
     previous = relative_error(v, w, h)
     for i in range(1, iterations + 1):
-        w_new, h_new = w.clone(), h.clone()
-        vht, hht = v @ h.transpose(-1, -2), h @ h.transpose(-1, -2)
-        for k in range(rank):
-            step = (vht[..., :, k] - (w_new @ hht[..., :, k:k + 1])[..., 0]) / hht[..., k:k + 1, k].clamp_min(tiny)
-            w_new[..., :, k] = (w_new[..., :, k] + step).clamp_min_(0)
-        wtv, wtw = w_new.transpose(-1, -2) @ v, w_new.transpose(-1, -2) @ w_new
-        for k in range(rank):
-            step = (wtv[..., k, :] - (wtw[..., k:k + 1, :] @ h_new)[..., 0, :]) / wtw[..., k, k:k + 1].clamp_min(tiny)
-            h_new[..., k, :] = (h_new[..., k, :] + step).clamp_min_(0)
-        sel = active[..., None, None]
-        w, h = torch.where(sel, w_new, w), torch.where(sel, h_new, h)
+        w_old, h_old = (None, None) if all_active else (w.clone(), h.clone())
+        _sweep(v @ h.transpose(-1, -2), h @ h.transpose(-1, -2), w, tiny, columns=True)
+        _sweep(w.transpose(-1, -2) @ v, w.transpose(-1, -2) @ w, h, tiny, columns=False)
+        if not all_active:  # problems that have stopped keep their factors
+            sel = active[:, None, None]
+            w, h = torch.where(sel, w, w_old), torch.where(sel, h, h_old)
         done += active
         if tol > 0 and i % CHECK_EVERY == 0:
             error = relative_error(v, w, h)
             active = active & (previous - error > tol * previous)
             previous = torch.where(active, error, previous)
-            if not bool(active.any()):
+            all_active = bool(active.all())
+            if not all_active and not bool(active.any()):
                 break
-    return NMFResult(w, h, relative_error(v, w, h), done)
+    w, h = w.reshape(*lead, *w.shape[-2:]), h.reshape(*lead, *h.shape[-2:])
+    return NMFResult(w, h, relative_error(v, w.reshape(v.shape[0], -1, rank), h.reshape(v.shape[0], rank, -1))
+                     .reshape(lead), done.reshape(lead))
+
+
+def _sweep(cross: torch.Tensor, gram: torch.Tensor, f: torch.Tensor, tiny: float, *, columns: bool) -> None:
+    """One HALS pass, in place, over the columns of ``f [P, M, K]`` (or the rows of ``f [P, K, N]``).
+
+    ``cross`` is ``V H^T`` (or ``W^T V``) and ``gram`` is ``H H^T`` (or ``W^T W``) of the other factor.
+    """
+    inverse = gram.diagonal(dim1=-2, dim2=-1).clamp_min(tiny).reciprocal()[:, :, None]
+    for k in range(f.shape[-1 if columns else -2]):
+        if columns:
+            step = torch.baddbmm(cross[:, :, k:k + 1], f, gram[:, :, k:k + 1], alpha=-1)
+            f[:, :, k:k + 1].add_(step.mul_(inverse[:, k:k + 1])).clamp_(min=0)
+        else:
+            step = torch.baddbmm(cross[:, k:k + 1], gram[:, k:k + 1], f, alpha=-1)
+            f[:, k:k + 1].add_(step.mul_(inverse[:, k:k + 1])).clamp_(min=0)
