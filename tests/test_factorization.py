@@ -257,3 +257,95 @@ def test_head_auto_needs_a_matching_linear_layer():
                                         head="auto", key=0)
     with pytest.raises(ValueError, match="x must have 4 dimensions"):
         fxai.deep_feature_factorization(model_fn, params, torch.rand(3, 16, 16), layer="layer4", key=0)
+
+
+# ---------------------------------------------------------------- the figure
+
+
+def test_concept_overlay_colours_each_pixel_by_its_strongest_concept():
+    from fxai import viz
+
+    image = torch.full((3, 2, 3), 0.5)
+    maps = torch.tensor([[[0.5, 0.0, 2.0], [0.1, 0.0, 0.3]],
+                         [[0.2, 0.0, 1.0], [0.4, 0.0, 0.3]]])
+    colours = np.array([[0.5, 0.0, 0.0], [0.0, 1.0, 0.5]], dtype=np.float32)  # red at half value, spring green
+    rgb = viz.concept_overlay(image, maps, colours=colours, alpha=0.6)
+    unit = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.5]])
+    value = np.array([[0.5, 0.0, 1.0], [0.4, 0.0, 0.3]])  # strongest concept's value, clipped to [0, 1]
+    best = np.array([[0, 0, 0], [1, 0, 0]])  # ties go to the first concept
+    np.testing.assert_allclose(rgb, 0.4 * 0.5 + 0.6 * unit[best] * value[..., None], atol=1e-6)
+    assert viz.concept_colours(4).shape == (4, 3)
+    with pytest.raises(ValueError, match=r"maps must be \[K, H, W\] with the image's size"):
+        viz.concept_overlay(image, maps[:, :1])
+    with pytest.raises(ValueError, match=r"colours must be \[K, 3\]"):
+        viz.concept_overlay(image, maps, colours=colours[:1])
+
+
+def test_concept_overlay_matches_pytorch_grad_cam():
+    """``show_factorization_on_image`` (uint8 HSV arithmetic) on the same maps, within its rounding."""
+    from pytorch_grad_cam.utils.image import show_factorization_on_image
+
+    from fxai import viz
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 12, 12, generator=g)
+    maps = torch.rand(3, 12, 12, generator=g)
+    colours = viz.concept_colours(3)  # their default palette, which recent matplotlib no longer builds for them
+    theirs = show_factorization_on_image(image.permute(1, 2, 0).numpy(), maps.numpy().copy(), image_weight=0.3,
+                                         colors=[np.append(c, 1.0) for c in colours])
+    ours = viz.concept_overlay(image, maps, alpha=0.7)
+    assert np.abs(ours - theirs / 255.0).max() < 0.01
+
+
+def test_concept_labels_and_factorization_figure(tmp_path):
+    from fxai import viz
+
+    assert viz.concept_labels(torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 3.0]]), labels=["cat", "dog", "emu"]) == \
+        ["cat 0.84, dog 0.11", "emu 0.84, dog 0.11"]
+    assert viz.concept_labels(torch.tensor([[2.0, 0.5]]), top=1, softmax=False) == ["0 2.00"]
+    model_fn, params = fxai.functional(make_tiny_cnn())
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    dff = fxai.deep_feature_factorization(model_fn, params, x, layer="layer4", concepts=2, head="auto", key=0)
+    fig = viz.factorization(x, dff, labels=list("abcde"), top=1, title="concepts")
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    top = dff.class_scores.softmax(-1).max(-1)
+    assert legend == [f"concept {k}: {'abcde'[int(top.indices[k])]} {float(top.values[k]):.2f}" for k in range(2)]
+    assert len([ax for ax in fig.axes if ax.images]) == 3
+    path = viz.save(fig, tmp_path / "dff.png")
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    plain = viz.factorization(x, dff._replace(class_scores=None))
+    assert [t.get_text() for t in plain.legends[0].get_texts()] == ["concept 0", "concept 1"]
+    with pytest.raises(ValueError, match="same batch"):
+        viz.factorization(x[:2], dff)
+    with pytest.raises(TypeError, match="result must be the Factorization"):
+        viz.factorization(x, dff.maps)
+
+
+# ---------------------------------------------------------------- a trained CNN on the shapes dataset
+
+
+def _auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` as a detector of ``positive`` (Mann-Whitney, ties counted half)."""
+    ranks = torch.from_numpy(__import__("scipy.stats", fromlist=["rankdata"]).rankdata(scores.numpy()))
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@pytest.mark.slow
+def test_concepts_of_a_trained_cnn_separate_object_from_background():
+    """SmallCNN trained as the demo trains it (24×24, 300 steps; 100 % held-out accuracy), then 2 concepts at its
+    last block over 64 held-out images: one concept's map picks out the objects' pixels well above chance."""
+    from fxai import demo
+    from fxai.data.synthetic import shapes
+
+    config = demo.DemoConfig(size=24, width=16, steps=300, batch=64)
+    model = demo.train(config, seed=0, device=torch.device("cpu"), progress=False)
+    model_fn, params = fxai.functional(model)
+    images, labels, masks = shapes(64, seed=0, start=demo.TEST_START, size=24)
+    assert demo.accuracy(model_fn, params, images, labels) > 0.9
+    out = fxai.deep_feature_factorization(model_fn, params, images, layer="features", concepts=2, key=0)
+    aucs = [_auc(out.maps[:, k].flatten(), masks.flatten()) for k in range(2)]
+    best = int(np.argmax(aucs))
+    assert aucs[best] > 0.7  # chance: 0.5
+    mass = fxai.metrics.relevance_mass(out.maps[:, best], masks).mean()
+    assert mass > 1.5 * masks.float().mean()  # chance: the objects' share of the pixels
