@@ -326,7 +326,9 @@ def test_concept_labels_and_factorization_figure(tmp_path):
 
 def _auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Area under the ROC curve of ``scores`` as a detector of ``positive`` (Mann-Whitney, ties counted half)."""
-    ranks = torch.from_numpy(__import__("scipy.stats", fromlist=["rankdata"]).rankdata(scores.numpy()))
+    from scipy.stats import rankdata
+
+    ranks = torch.from_numpy(rankdata(scores.numpy()))
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

@@ -231,7 +231,7 @@ def save_rgb(rgb: np.ndarray, path) -> str:
 
 
 def concept_colours(count: int) -> np.ndarray:
-    """``count`` colours ``[count, 3]`` from the ``gist_rainbow`` colormap at ``k / count`` (the DFF paper's palette)."""
+    """``count`` colours ``[count, 3]``: ``gist_rainbow`` at ``k / count`` (the palette of the DFF paper's code)."""
     import matplotlib
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:

@@ -9,8 +9,6 @@ row :math:`k` of :math:`H` its heat map in every image. A classifier head applie
 names them by the classes they score highest.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import torch
@@ -93,15 +91,15 @@ def deep_feature_factorization(model_fn, params, x: torch.Tensor, *, layer=None,
     Example:
         >>> dff = fxai.deep_feature_factorization(model_fn, params, x, layer="layer4", concepts=3,
         ...                                       head="auto", key=0)
-        >>> dff.maps.shape, dff.concepts.shape, dff.class_scores.shape
-        (torch.Size([2, 3, 32, 32]), torch.Size([3, 16]), torch.Size([3, 5]))
+        >>> dff.maps.shape, dff.class_scores.shape
+        (torch.Size([2, 3, 32, 32]), torch.Size([3, 5]))
     """
     _check_common(x, upsample, chunk_size)
     check_positive_int(concepts, name="concepts")
     check_positive_int(iterations, name="iterations")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    if not (head is None or head == "auto" or callable(head)):
+    if not (head is None or _is_auto(head) or callable(head)):
         raise TypeError(f"head must be None, 'auto' or a callable concepts [K, C] -> scores [K, classes]; got {head!r}")
     if reshape is not None and not callable(reshape):
         raise TypeError(f"reshape must be a callable activation -> [N, C, h, w] or None, got {type(reshape).__name__}")
@@ -141,8 +139,12 @@ def _activations(model_fn, params, x, layers, reshape, chunk_size) -> torch.Tens
     return act
 
 
+def _is_auto(head) -> bool:
+    return isinstance(head, str) and head == "auto"
+
+
 def _class_scores(model_fn, params, head, basis: torch.Tensor, concepts: int) -> torch.Tensor:
-    if head == "auto":
+    if _is_auto(head):
         if isinstance(model_fn, SplitModel):
             out = model_fn.head(params, basis[:, :, None, None])
         else:
