@@ -181,7 +181,7 @@ def test_shift_applies_only_to_negative_channels():
     torch.testing.assert_close(recon, fit.w @ fit.h, rtol=1e-5, atol=1e-5)
 
 
-def test_upsampling_chunking_and_dtype():
+def test_upsampling_chunking_keys_and_dtype():
     model = make_tiny_cnn()
     model_fn, params = fxai.functional(model)
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -194,6 +194,11 @@ def test_upsampling_chunking_and_dtype():
     torch.testing.assert_close(chunked.maps, up.maps, rtol=1e-4, atol=1e-5)
     default_layer = fxai.deep_feature_factorization(model_fn, params, x, concepts=3, key=0, upsample=False)
     torch.testing.assert_close(default_layer.maps, raw.maps, rtol=0, atol=0)
+    again = fxai.deep_feature_factorization(model_fn, params, x, layer="layer4", concepts=3, upsample=False,
+                                            key=torch.Generator().manual_seed(0))
+    assert torch.equal(again.maps, raw.maps) and torch.equal(again.concepts, raw.concepts)
+    other = fxai.deep_feature_factorization(model_fn, params, x, layer="layer4", concepts=3, key=1, upsample=False)
+    assert not torch.equal(other.maps, raw.maps)
     params64 = {k: v.double() for k, v in params.items()}
     wide = fxai.deep_feature_factorization(model_fn, params64, x.double(), layer="layer4", concepts=3, key=0)
     assert wide.maps.dtype == wide.concepts.dtype == torch.float64
