@@ -93,7 +93,7 @@ def _given_init(v: torch.Tensor, rank: int, init):
 
 
 def _hals(v: torch.Tensor, w: torch.Tensor, h: torch.Tensor, iterations: int, tol: float) -> NMFResult:
-    lead, rank = v.shape[:-2], w.shape[-1]
+    lead = v.shape[:-2]
     v, w, h = v.reshape(-1, *v.shape[-2:]), w.reshape(-1, *w.shape[-2:]), h.reshape(-1, *h.shape[-2:])
     tiny = torch.finfo(v.dtype).tiny
     active = torch.ones(v.shape[0], dtype=torch.bool, device=v.device)
@@ -115,9 +115,8 @@ def _hals(v: torch.Tensor, w: torch.Tensor, h: torch.Tensor, iterations: int, to
             all_active = bool(active.all())
             if not all_active and not bool(active.any()):
                 break
-    w, h = w.reshape(*lead, *w.shape[-2:]), h.reshape(*lead, *h.shape[-2:])
-    return NMFResult(w, h, relative_error(v, w.reshape(v.shape[0], -1, rank), h.reshape(v.shape[0], rank, -1))
-                     .reshape(lead), done.reshape(lead))
+    return NMFResult(w.reshape(*lead, *w.shape[-2:]), h.reshape(*lead, *h.shape[-2:]),
+                     relative_error(v, w, h).reshape(lead), done.reshape(lead))
 
 
 def _sweep(cross: torch.Tensor, gram: torch.Tensor, f: torch.Tensor, tiny: float, *, columns: bool) -> None:
