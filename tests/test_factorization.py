@@ -356,3 +356,16 @@ def test_concepts_of_a_trained_cnn_separate_object_from_background():
     assert aucs[best] > 0.7  # chance: 0.5
     mass = fxai.metrics.relevance_mass(out.maps[:, best], masks).mean()
     assert mass > 1.5 * masks.float().mean()  # chance: the objects' share of the pixels
+
+
+def test_channels_last_layers_are_read_as_grids():
+    """A layer returning ``[B, h, w, C]`` (Swin) gives the factorisation of the same activations channels-first."""
+    model_fn, params, maps, _ = _known_factors(0.0)
+    nhwc = fxai.split(lambda p, x: model_fn.features(p, x).permute(0, 2, 3, 1), lambda p, a: a.mean((1, 2)))
+    a = fxai.deep_feature_factorization(model_fn, params, maps, concepts=4, key=0, upsample=False)
+    b = fxai.deep_feature_factorization(nhwc, params, maps, concepts=4, key=0, upsample=False)
+    torch.testing.assert_close(b.maps, a.maps, rtol=0, atol=0)
+    torch.testing.assert_close(b.concepts, a.concepts, rtol=0, atol=0)
+    c = fxai.deep_feature_factorization(nhwc, params, maps, concepts=4, key=0, upsample=False,
+                                        reshape=lambda t: t.permute(0, 3, 1, 2))
+    torch.testing.assert_close(c.maps, a.maps, rtol=0, atol=0)
