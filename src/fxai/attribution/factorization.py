@@ -40,7 +40,7 @@ class Factorization(NamedTuple):
 
 
 def deep_feature_factorization(model_fn, params, x: torch.Tensor, *, layer=None, concepts: int = 5, head=None,
-                               iterations: int = 200, tol: float = 1e-4, key: Key,
+                               iterations: int = 200, tol: float = 1e-4, restarts: int = 1, key: Key,
                                upsample: bool | str = True, reshape=None,
                                chunk_size: int | None = None) -> Factorization:
     r"""Deep Feature Factorization: :math:`V \approx W H`, :math:`W, H \ge 0`, on a layer's activations over the batch.
@@ -52,7 +52,8 @@ def deep_feature_factorization(model_fn, params, x: torch.Tensor, *, layer=None,
     (the coordinate descent of scikit-learn's ``NMF(solver="cd")``), from a random start drawn
     from ``key`` as scikit-learn's ``init="random"``, until ten iterations lower the relative
     reconstruction error :math:`\lVert V - WH\rVert_F / \lVert V\rVert_F` by less than ``tol`` of
-    its value, or for ``iterations`` iterations.
+    its value, or for ``iterations`` iterations. ``restarts`` random starts are solved together as one
+    batch and the one with the lowest error is kept (each start reaches its own local minimum).
 
     NMF needs :math:`V \ge 0`. The paper factorises post-ReLU activations, which are; for a
     layer that can be negative, each channel is shifted by its minimum over the batch and
@@ -77,6 +78,7 @@ def deep_feature_factorization(model_fn, params, x: torch.Tensor, *, layer=None,
         iterations: at most this many HALS iterations.
         tol: stop when ten iterations lower the relative error by less than ``tol`` of its value
             (checked every ten iterations; 0 runs every iteration).
+        restarts: number of random starts solved together; the best is kept.
         key: int seed or ``torch.Generator`` for the random start (required).
         upsample: ``True`` (bilinear to ``x``'s size, as the CAMs), ``False`` (the layer's
             resolution), or ``"nearest"``/``"bicubic"``.
@@ -97,6 +99,7 @@ def deep_feature_factorization(model_fn, params, x: torch.Tensor, *, layer=None,
     _check_common(x, upsample, chunk_size)
     check_positive_int(concepts, name="concepts")
     check_positive_int(iterations, name="iterations")
+    check_positive_int(restarts, name="restarts")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     if not (head is None or _is_auto(head) or callable(head)):
@@ -115,11 +118,13 @@ def deep_feature_factorization(model_fn, params, x: torch.Tensor, *, layer=None,
         v = act.transpose(0, 1).reshape(channels, batch * h * w)
         v = v if v.dtype in (torch.float32, torch.float64) else v.float()
         offset = v.amin(1).clamp(max=0)
-        fit = nmf(v - offset[:, None], concepts, iterations=iterations, tol=tol, key=gen)
-        top = fit.h.amax(1)
+        fit = nmf((v - offset[:, None]).expand(restarts, -1, -1), concepts, iterations=iterations, tol=tol, key=gen)
+        best = int(fit.error.argmin())
+        w_best, h_best = fit.w[best], fit.h[best]
+        top = h_best.amax(1)
         scale = torch.where(top > 0, top, torch.ones_like(top))
-        basis = (fit.w * scale + offset[:, None]).T.contiguous()
-        maps = (fit.h / scale[:, None]).reshape(concepts, batch, h, w).transpose(0, 1)
+        basis = (w_best * scale + offset[:, None]).T.contiguous()
+        maps = (h_best / scale[:, None]).reshape(concepts, batch, h, w).transpose(0, 1)
         maps = _resize(maps.to(x.dtype), tuple(x.shape[-2:]), upsample)
         scores = None if head is None else _class_scores(model_fn, params, head, basis, concepts)
     return Factorization(maps, basis.to(x.dtype), scores)
