@@ -25,6 +25,7 @@ FAMILY_TITLES = {
 SECTIONS = [
     ("Models as pure functions", ["functional", "FunctionalModel", "split"]),
     *((title, [m.name for m in registry.ENTRIES.values() if m.family == family]) for family, title in FAMILY_TITLES.items()),
+    ("Concept discovery", ["deep_feature_factorization", "Factorization"]),
     ("Building blocks", ["path_rule", "with_relu_rule", "relu_rule", "to_grid"]),
     ("Compilation", ["compiled"]),
 ]

@@ -37,6 +37,8 @@ from .attribution.masked_cams import score_cam as score_cam
 from .attribution.masks import occlusion as occlusion
 from .attribution.masks import rise as rise
 from .grids import to_grid as to_grid
+from .attribution.factorization import Factorization as Factorization
+from .attribution.factorization import deep_feature_factorization as deep_feature_factorization
 from .compiled import compiled as compiled
 from . import postprocess as postprocess
 from . import registry as registry
@@ -46,6 +48,7 @@ from . import viz as viz
 __version__ = "0.1.0"
 
 __all__ = [
+    "Factorization",
     "FunctionalModel",
     "ablation_cam",
     "cam",
@@ -66,6 +69,7 @@ __all__ = [
     "score_cam",
     "xgrad_cam",
     "deconvnet",
+    "deep_feature_factorization",
     "expected_gradients",
     "functional",
     "gradient",
