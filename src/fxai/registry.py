@@ -9,6 +9,7 @@ from .attribution import cam as _cam
 from .attribution import gradient as _gradient
 from .attribution import guided as _guided
 from .attribution import integrated as _integrated
+from .attribution import lrp as _lrp
 from .attribution import perturbation as _perturbation
 
 
@@ -32,6 +33,7 @@ _ALL = [
     MethodInfo("expected_gradients", _integrated.expected_gradients, randomised=True, needs=("references",)),
     MethodInfo("guided_backprop", _guided.guided_backprop),
     MethodInfo("deconvnet", _guided.deconvnet),
+    MethodInfo("lrp", _lrp.lrp),
     MethodInfo("cam", _cam.cam, kind="cam", layered=True),
     MethodInfo("grad_cam", _cam.grad_cam, kind="cam", layered=True),
     MethodInfo("grad_cam_plus_plus", _cam.grad_cam_plus_plus, kind="cam", layered=True),
