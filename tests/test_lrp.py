@@ -400,3 +400,52 @@ def test_rules_by_layer_name_agree_with_zennit(tv_model, request):
             "batchnorm": L.Gradient()}
     model_fn, params = fxai.functional(model)
     _assert_agrees(fxai.lrp(model_fn, params, x, TARGETS[:len(x)], composite=comp), _zennit(model, x, TARGETS[:len(x)], zc))
+
+
+# ---------------------------------------------------------------- torchvision architectures without biases: conservation
+
+
+def _bias_free(model):
+    """Random BatchNorm scales and variances with zero means and shifts, and zero dense biases: after folding, no
+    layer has a bias, so every rule conserves relevance up to its stabiliser."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 1.5, generator=g)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.zero_()
+        elif isinstance(m, nn.Linear):
+            m.bias.data.zero_()
+    return model.eval().double()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
+def test_relevance_is_conserved_on_resnet_and_densenet(arch):
+    torch.manual_seed(0)
+    model = _bias_free(getattr(torchvision.models, arch)(num_classes=10))
+    model_fn, params = fxai.functional(model)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    r, s = fxai.lrp(model_fn, params, x, 3, composite=L.epsilon_plus_flat(epsilon=1e-12, stabilizer=1e-12),
+                    return_scores=True)
+    torch.testing.assert_close(s, model(x)[:, 3], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(r.flatten(1).sum(1), s, rtol=1e-8, atol=0)
+
+
+def test_captum_lrp_breaks_conservation_on_a_resnet_where_fxai_keeps_it():
+    # Captum's LRP has no rule for the residual ``+=`` (the gradient copies relevance into both branches) and
+    # treats each BatchNorm as an epsilon layer; fxai splits additions by contribution and folds BatchNorm.
+    from captum.attr import LRP
+    from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule
+    torch.manual_seed(0)
+    model = _bias_free(torchvision.models.resnet18(num_classes=10)).float()
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model_fn, params = fxai.functional(model)
+    r, s = fxai.lrp(model_fn, params, x, 3, composite="epsilon_plus", return_scores=True)
+    assert abs(float(r.sum() - s.sum())) < 1e-3 * abs(float(s.sum()))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.rule = Alpha1_Beta0_Rule()
+        elif isinstance(m, nn.Linear):
+            m.rule = EpsilonRule(1e-6)
+    theirs = LRP(model).attribute(x, target=3)
+    assert abs(float(theirs.sum() - s.sum())) > 0.5 * abs(float(s.sum()))

@@ -15,6 +15,8 @@ composite splits relevance between the branches (see :mod:`fxai._core.lrp_rules`
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -64,10 +66,25 @@ class _Recorder(TorchFunctionMode):
         return out
 
 
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {(model_fn id, names, shape): pairs}
+
+
 @torch.compiler.disable
 def batchnorm_pairs(model_fn, params, x) -> list[tuple]:
     """``(weight, bias or None, bn mean, bn var, bn weight or None, bn bias or None, eps)`` parameter names of each
-    BatchNorm that follows a linear layer called once whose output nothing else uses, found by one forward on the meta device."""
+    BatchNorm that follows a linear layer called once whose output nothing else uses, found by one forward on the
+    meta device (kept per module of an ``fxai.functional`` model, parameter names and input shape)."""
+    module = getattr(model_fn, "module", None)
+    key = (id(model_fn), tuple(params), tuple(x.shape[1:]), x.dtype)
+    if isinstance(module, torch.nn.Module) and key in _PLANS.get(module, {}):
+        return _PLANS[module][key]
+    pairs = _find_pairs(model_fn, params, x)
+    if isinstance(module, torch.nn.Module):
+        _PLANS.setdefault(module, {})[key] = pairs
+    return pairs
+
+
+def _find_pairs(model_fn, params, x):
     try:
         meta = {k: v.detach().to("meta") if isinstance(v, torch.Tensor) else v for k, v in params.items()}
         probe = x[:1].detach().to("meta")

@@ -51,6 +51,20 @@ def _neg(t):
     return None if t is None else t.clamp(max=0)
 
 
+def _neg_input(x):
+    return _nonzero(x.clamp(max=0))
+
+
+def _eager() -> bool:
+    """Whether data-dependent shortcuts are allowed: outside ``torch.func`` transforms and ``torch.compile``."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
+
+
+def _nonzero(t):
+    """``t``, or None when it is known to be all zeros (the negative part of a post-ReLU input): one conv saved."""
+    return None if _eager() and not bool(t.any()) else t
+
+
 def _pullback(op, x, w, b):
     """``(z, vjp)`` of ``x -> op(x, w, b)``: the modified forward and its transpose."""
     return torch.func.vjp(lambda x: op(x, w, b), x)
@@ -62,6 +76,7 @@ def _share(op, parts, relevance, eps, mask=None):
 
     ``parts`` lists ``(x_k, W_k, b_k, sigma_k)``; ``s = R / stab(z')`` (times ``mask``).
     """
+    parts = [p for p in parts if p[0] is not None] or parts[:1]
     zs, pulls = zip(*(_pullback(op, x, w, b) for x, w, b, _ in parts))
     s = relevance / stabilize(sum(sign * z for (_, _, _, sign), z in zip(parts, zs)), eps)
     if mask is not None:
@@ -93,7 +108,8 @@ class ZPlus(Rule):
     stabilizer: float = 1e-6
 
     def backward(self, op, x, w, b, relevance):
-        return _share(op, [(_pos(x), _pos(w), _pos(b), 1), (_neg(x), _neg(w), None, 1)], relevance, self.stabilizer)
+        return _share(op, [(_pos(x), _pos(w), _pos(b), 1), (_neg_input(x), _neg(w), None, 1)], relevance,
+                      self.stabilizer)
 
 
 @dataclass(frozen=True)
@@ -110,7 +126,7 @@ class AlphaBeta(Rule):
                              f"(conservation), got alpha={self.alpha}, beta={self.beta}")
 
     def backward(self, op, x, w, b, relevance):
-        xp, xn = _pos(x), _neg(x)
+        xp, xn = _pos(x), _neg_input(x)
         positive = _share(op, [(xp, _pos(w), _pos(b), 1), (xn, _neg(w), None, 1)], relevance, self.stabilizer)
         negative = _share(op, [(xp, _neg(w), _neg(b), 1), (xn, _pos(w), None, 1)], relevance, self.stabilizer)
         return self.alpha * positive - self.beta * negative
@@ -128,7 +144,7 @@ class Gamma(Rule):
         up = lambda t: None if t is None else t + g * t.clamp(min=0)  # noqa: E731
         down = lambda t: None if t is None else t + g * t.clamp(max=0)  # noqa: E731
         z = op(x, w, b)
-        xp, xn = _pos(x), _neg(x)
+        xp, xn = _pos(x), _neg_input(x)
         positive = _share(op, [(xp, up(w), up(b), 1), (xn, down(w), None, 1)], relevance, self.stabilizer,
                           mask=(z > 0).to(z.dtype))
         negative = _share(op, [(xp, down(w), down(b), 1), (xn, up(w), None, 1)], relevance, self.stabilizer,
