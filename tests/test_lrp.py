@@ -255,6 +255,8 @@ def test_bad_options_get_clear_errors():
         fxai.lrp(model_fn, params, x, 0, composite={"conv": "epsilon"})
     with pytest.raises(TypeError, match=r"composite\['add'\] must be Norm\(\)"):
         fxai.lrp(model_fn, params, x, 0, composite={"add": L.Epsilon()})
+    with pytest.raises(ValueError, match="'conv2.1' is neither a layer kind .* layers: conv1, conv2, conv3, fc"):
+        fxai.lrp(model_fn, params, x, 0, composite={"conv2.1": L.Flat()})
     with pytest.raises(TypeError, match="composite must be a Composite"):
         fxai.lrp(model_fn, params, x, 0, composite=3)
     with pytest.raises(TypeError, match="canonizers must be a sequence of callables"):

@@ -234,6 +234,15 @@ class Composite:
                 raise TypeError(f"composite[{key!r}] must be an LRP rule (Epsilon(), ZPlus(), ...) or "
                                 f"Gradient(), got {rule!r}")
 
+    def check_names(self, param_names, *, name: str = "composite") -> None:
+        """Raise if a layer-name key of this composite names no parameter's layer (a typo would do nothing)."""
+        layers = {k.rpartition(".")[0] for k in param_names}
+        for key in self.rules:
+            if key not in LAYER_KINDS and not any(n == key or n.startswith(key + ".") for n in layers):
+                shown = ", ".join(sorted(layers)[:8]) + (", ..." if len(layers) > 8 else "")
+                raise ValueError(f"{name}: {key!r} is neither a layer kind ({', '.join(LAYER_KINDS)}) nor the name "
+                                 f"(or a prefix ending at a dot) of a layer with parameters; layers: {shown}")
+
     def layer_rule(self, name: str | None, kind: str, first: bool):
         """The rule of a linear or convolutional layer called ``name`` (None when unnamed)."""
         if name is not None:

@@ -72,6 +72,7 @@ def lrp(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, composi
     check_input(x)
     check_positive_int(chunk_size, name="chunk_size", allow_none=True)
     comp = as_composite(composite)
+    comp.check_names(params)
     tgt = as_target(target, x)
     if isinstance(canonizers, Callable) or not all(callable(c) for c in canonizers):
         raise TypeError("canonizers must be a sequence of callables (model_fn, params, x) -> params, "
