@@ -145,6 +145,21 @@ def _without_inplace(func, args, kwargs):
     return x, (lambda t: func(t, *rest, **kwargs)), inplace
 
 
+def _folded_away(args, kwargs) -> bool:
+    """Whether an eval-mode ``F.batch_norm`` is the identity left by :func:`fxai.fold_batchnorm` (checked on
+    its small statistics, outside ``torch.func`` transforms and compilation only)."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    a = {**dict(zip(names, args)), **kwargs}
+    mean, var, weight, bias, eps = (a.get(k) for k in ("running_mean", "running_var", "weight", "bias", "eps"))
+    if a.get("training") or mean is None or var is None:
+        return False
+    eps = 1e-5 if eps is None else eps
+    unit = (var == 1).all() and (weight == (1 + eps) ** 0.5).all() if weight is not None else (var == 1 - eps).all()
+    return bool(unit and (mean == 0).all() and (bias is None or (bias == 0).all()))
+
+
 class RelevanceMode(TorchFunctionMode):
     """Within the block, ops carry LRP relevance backward by the rules of ``composite``.
 
@@ -182,6 +197,8 @@ class RelevanceMode(TorchFunctionMode):
                 return x.copy_(out) if inplace else out
             return func(*args, **kwargs)
         if func is F.batch_norm and isinstance(self.composite.kind_rule("batchnorm"), Pass):
+            if _folded_away(args, kwargs):
+                return args[0]
             rest = args[1:]
             return _PassRule.apply(args[0], lambda t: func(t, *rest, **kwargs))
         return func(*args, **kwargs)

@@ -40,7 +40,7 @@ import torch
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     r""":math:`z + \varepsilon\,(\mathrm{sign}(z) + [z = 0])`: pushed away from zero, keeping the sign."""
-    return z + eps * (z.sign() + (z == 0).to(z.dtype))
+    return z + torch.where(z >= 0, torch.tensor(eps, dtype=z.dtype, device=z.device), -eps)
 
 
 def _pos(t):
@@ -51,18 +51,27 @@ def _neg(t):
     return None if t is None else t.clamp(max=0)
 
 
-def _neg_input(x):
-    return _nonzero(x.clamp(max=0))
-
-
 def _eager() -> bool:
     """Whether data-dependent shortcuts are allowed: outside ``torch.func`` transforms and ``torch.compile``."""
     return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
 
 
-def _nonzero(t):
-    """``t``, or None when it is known to be all zeros (the negative part of a post-ReLU input): one conv saved."""
-    return None if _eager() and not bool(t.any()) else t
+def _split(x):
+    """``(x⁺, x⁻)``; for an input known to be non-negative (after a ReLU), ``(x, None)``: one conv saved."""
+    if _eager() and not bool(x.amin() < 0):
+        return x, None
+    return x.clamp(min=0), x.clamp(max=0)
+
+
+def _signed(sign, t):
+    return t if sign == 1 else -t
+
+
+def _total(terms):
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
 
 
 def _pullback(op, x, w, b):
@@ -74,14 +83,15 @@ def _share(op, parts, relevance, eps, mask=None):
     r"""Relevance of the inputs of :math:`z' = \sum_k \sigma_k op(x_k, W_k, b_k)`: :math:`\sum_k \sigma_k x_k \odot
     \partial op/\partial x_k^\top s`.
 
-    ``parts`` lists ``(x_k, W_k, b_k, sigma_k)``; ``s = R / stab(z')`` (times ``mask``).
+    ``parts`` lists ``(x_k, W_k, b_k, sigma_k)`` (parts with ``x_k`` None are zero and left out);
+    ``s = R / stab(z')`` (times ``mask``).
     """
-    parts = [p for p in parts if p[0] is not None] or parts[:1]
+    parts = [p for p in parts if p[0] is not None]
     zs, pulls = zip(*(_pullback(op, x, w, b) for x, w, b, _ in parts))
-    s = relevance / stabilize(sum(sign * z for (_, _, _, sign), z in zip(parts, zs)), eps)
+    s = relevance / stabilize(_total([_signed(p[3], z) for p, z in zip(parts, zs)]), eps)
     if mask is not None:
         s = s * mask
-    return sum(sign * x * pull(s)[0] for (x, _, _, sign), pull in zip(parts, pulls))
+    return _total([_signed(p[3], p[0] * pull(s)[0]) for p, pull in zip(parts, pulls)])
 
 
 class Rule:
@@ -108,8 +118,8 @@ class ZPlus(Rule):
     stabilizer: float = 1e-6
 
     def backward(self, op, x, w, b, relevance):
-        return _share(op, [(_pos(x), _pos(w), _pos(b), 1), (_neg_input(x), _neg(w), None, 1)], relevance,
-                      self.stabilizer)
+        xp, xn = _split(x)
+        return _share(op, [(xp, _pos(w), _pos(b), 1), (xn, _neg(w), None, 1)], relevance, self.stabilizer)
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,7 @@ class AlphaBeta(Rule):
                              f"(conservation), got alpha={self.alpha}, beta={self.beta}")
 
     def backward(self, op, x, w, b, relevance):
-        xp, xn = _pos(x), _neg_input(x)
+        xp, xn = _split(x)
         positive = _share(op, [(xp, _pos(w), _pos(b), 1), (xn, _neg(w), None, 1)], relevance, self.stabilizer)
         negative = _share(op, [(xp, _neg(w), _neg(b), 1), (xn, _pos(w), None, 1)], relevance, self.stabilizer)
         return self.alpha * positive - self.beta * negative
@@ -144,7 +154,7 @@ class Gamma(Rule):
         up = lambda t: None if t is None else t + g * t.clamp(min=0)  # noqa: E731
         down = lambda t: None if t is None else t + g * t.clamp(max=0)  # noqa: E731
         z = op(x, w, b)
-        xp, xn = _pos(x), _neg_input(x)
+        xp, xn = _split(x)
         positive = _share(op, [(xp, up(w), up(b), 1), (xn, down(w), None, 1)], relevance, self.stabilizer,
                           mask=(z > 0).to(z.dtype))
         negative = _share(op, [(xp, down(w), down(b), 1), (xn, up(w), None, 1)], relevance, self.stabilizer,
