@@ -105,7 +105,8 @@ def test_rule_on_a_convolution_equals_the_rule_on_its_matrix(rule):
 
 
 class ResidualNet(nn.Module):
-    """Bias-free: conv, a reused ReLU module, max-pool, a residual block with F.relu and ``+=``, mean pooling, linear."""
+    """Bias-free: conv, a reused ReLU module, max-pool, a residual block with F.relu and ``+=``, mean pooling,
+    linear."""
 
     def __init__(self):
         super().__init__()
@@ -401,10 +402,11 @@ def test_rules_by_layer_name_agree_with_zennit(tv_model, request):
             "linear": L.Gradient(), "pool": L.Gradient(), "add": L.Gradient(), "activation": L.Gradient(),
             "batchnorm": L.Gradient()}
     model_fn, params = fxai.functional(model)
-    _assert_agrees(fxai.lrp(model_fn, params, x, TARGETS[:len(x)], composite=comp), _zennit(model, x, TARGETS[:len(x)], zc))
+    t = TARGETS[:len(x)]
+    _assert_agrees(fxai.lrp(model_fn, params, x, t, composite=comp), _zennit(model, x, t, zc))
 
 
-# ---------------------------------------------------------------- torchvision architectures without biases: conservation
+# ---------------------------------------------------------------- conservation on torchvision architectures
 
 
 def _bias_free(model):

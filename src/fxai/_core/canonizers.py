@@ -105,9 +105,10 @@ def fold_batchnorm(model_fn, params, x) -> dict:
 
     :math:`W' = W\gamma/\sqrt{\sigma^2+\epsilon}`, :math:`b' = (b - \mu)\gamma/\sqrt{\sigma^2+\epsilon} + \beta`;
     the BatchNorm becomes the identity (mean 0, variance 1, scale :math:`\sqrt{1+\epsilon}`, shift 0), up to
-    rounding. A layer without bias gets one (``"<layer>.bias"``). The layers are found by one forward of ``x[:1]`` on the meta
-    device; a BatchNorm whose input is also used elsewhere, or whose layer is called twice, is left alone. Pure: returns a new dict,
-    differentiable w.r.t. ``params``. Montavon et al., "Layer-Wise Relevance Propagation: An Overview", 2019.
+    rounding. A layer without bias gets one (``"<layer>.bias"``). The layers are found by one forward of
+    ``x[:1]`` on the meta device; a BatchNorm whose input is also used elsewhere, or whose layer is called
+    twice, is left alone. Pure: returns a new dict, differentiable w.r.t. ``params``.
+    Montavon et al., "Layer-Wise Relevance Propagation: An Overview", 2019.
 
     Example:
         >>> folded = fxai.fold_batchnorm(model_fn, params, x)

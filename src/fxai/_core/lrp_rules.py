@@ -295,7 +295,8 @@ def epsilon_alpha2_beta1_flat(*, epsilon: float = 1e-6, stabilizer: float = 1e-6
 
 def epsilon_gamma_box(*, low, high, epsilon: float = 1e-6, gamma: float = 0.25,
                       stabilizer: float = 1e-6) -> Composite:
-    """z^B on the first layer (inputs in ``[low, high]``), γ on convolutions, ε on dense layers (Montavon et al. 2019)."""
+    """z^B on the first layer (inputs in ``[low, high]``), γ on convolutions, ε on dense layers
+    (Montavon et al. 2019)."""
     return Composite({"first": ZBox(low, high, stabilizer), "conv": Gamma(gamma, stabilizer),
                       "linear": Epsilon(epsilon), "pool": Norm(stabilizer), "add": Norm(stabilizer)})
 

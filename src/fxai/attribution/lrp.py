@@ -28,7 +28,7 @@ def _relevance_at_input(score, rows, params, multi):
 
 
 def lrp(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, composite="epsilon_plus_flat",
-        canonizers: Sequence[Callable] = (fold_batchnorm,), chunk_size: int | None = None,
+        canonizers: Sequence[Callable] | None = None, chunk_size: int | None = None,
         return_scores: bool = False):
     r"""Layer-wise Relevance Propagation: the target score redistributed onto the input, layer by layer.
 
@@ -53,8 +53,8 @@ def lrp(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, composi
             ``fxai.lrp_rules`` (e.g. ``epsilon_gamma_box(low=..., high=...)``), or a mapping from a
             layer kind (``"first"``, ``"conv"``, ``"linear"``, ``"pool"``, ``"add"``, ``"activation"``,
             ``"batchnorm"``) or a layer name (prefix of its parameter names) to a rule.
-        canonizers: ``(model_fn, params, x) -> params`` rewrites applied first; by default BatchNorm
-            layers are folded into the layer before them (:func:`fxai.fold_batchnorm`).
+        canonizers: ``(model_fn, params, x) -> params`` rewrites applied first; ``None`` (default) folds
+            BatchNorm layers into the layer before them (``(fxai.fold_batchnorm,)``); ``()`` applies none.
         chunk_size: at most this many inputs per forward/backward pass.
         return_scores: also return the target scores :math:`f_c(x)` the relevance started from.
 
@@ -74,6 +74,8 @@ def lrp(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, composi
     comp = as_composite(composite)
     comp.check_names(params)
     tgt = as_target(target, x)
+    if canonizers is None:
+        canonizers = (fold_batchnorm,)
     if isinstance(canonizers, Callable) or not all(callable(c) for c in canonizers):
         raise TypeError("canonizers must be a sequence of callables (model_fn, params, x) -> params, "
                         f"got {canonizers!r}")
