@@ -269,6 +269,26 @@ def test_bad_options_get_clear_errors():
     assert active_modes() == []
 
 
+def test_top1_target_is_the_argmax_class():
+    model_fn, params = fxai.functional(_residual_net())
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    top = model_fn(params, x).argmax(1)
+    torch.testing.assert_close(fxai.lrp(model_fn, params, x), fxai.lrp(model_fn, params, x, top), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_fxai_compiled_lrp_equals_eager():
+    from conftest import make_tiny_cnn
+    model = make_tiny_cnn()
+    model_fn, params = fxai.functional(model)
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0, 4, 2])
+    torch._dynamo.reset()
+    got = fxai.compiled(fxai.lrp, model, backend="aot_eager")(x, t)
+    expected = fxai.lrp(model_fn, params, x, t)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
 @pytest.mark.slow
 def test_compiled_equals_eager():
     model_fn, params = fxai.functional(_residual_net().float())
