@@ -17,6 +17,7 @@ from fxai.metrics import registry as metric_registry
 
 FAMILY_TITLES = {
     "gradient": "Gradient methods (backpropagation maps)",
+    "relevance": "Relevance propagation (rules and composites: `fxai.lrp_rules`, see [lrp.md](lrp.md))",
     "cam": "CAM family",
     "mask": "Mask methods (maps from masked inputs)",
     "transform": "Transforms (ensembles over noisy inputs)",
@@ -26,7 +27,7 @@ SECTIONS = [
     ("Models as pure functions", ["functional", "FunctionalModel", "split"]),
     *((title, [m.name for m in registry.ENTRIES.values() if m.family == family]) for family, title in FAMILY_TITLES.items()),
     ("Concept discovery", ["deep_feature_factorization", "Factorization"]),
-    ("Building blocks", ["path_rule", "with_relu_rule", "relu_rule", "to_grid"]),
+    ("Building blocks", ["path_rule", "with_relu_rule", "relu_rule", "fold_batchnorm", "to_grid"]),
     ("Compilation", ["compiled"]),
 ]
 

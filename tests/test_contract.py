@@ -140,7 +140,14 @@ def test_differentiable_wrt_params(info, setup, tiny_input):
         assert_maps_close(torch.zeros_like(g) if a is None else a, g, rtol=1e-4)
 
 
+# The derivative of an LRP map runs the rules again in its backward (as the map's own backward does), not the
+# plain forward: consistent between torch.func and autograd, but not the derivative of the map (docs/lrp.md).
+INEXACT_INPUT_DERIVATIVE = {"lrp"}
+
+
 def test_differentiable_wrt_input(info, tiny_input):
+    if info.name in INEXACT_INPUT_DERIVATIVE:
+        pytest.xfail("the map's derivative is not exact (see INEXACT_INPUT_DERIVATIVE)")
     # The gradient of a loss of the map w.r.t. x, against central differences along random directions
     # (float64): a method that detached x would fail. The model starts with tanh(x), so that even maps that
     # are piecewise constant in x on a ReLU network (gradients) vary with it.

@@ -19,6 +19,9 @@ from .attribution.guided import guided_backprop as guided_backprop
 from .attribution.integrated import expected_gradients as expected_gradients
 from .attribution.integrated import integrated_gradients as integrated_gradients
 from .attribution.integrated import path_rule as path_rule
+from .attribution.lrp import lrp as lrp
+from ._core.canonizers import fold_batchnorm as fold_batchnorm
+from ._core import lrp_rules as lrp_rules
 from .attribution.smooth import smoothgrad as smoothgrad
 from .attribution.smooth import smoothgrad_sq as smoothgrad_sq
 from .attribution.smooth import vargrad as vargrad
@@ -71,11 +74,14 @@ __all__ = [
     "deconvnet",
     "deep_feature_factorization",
     "expected_gradients",
+    "fold_batchnorm",
     "functional",
     "gradient",
     "guided_backprop",
     "input_x_gradient",
     "integrated_gradients",
+    "lrp",
+    "lrp_rules",
     "path_rule",
     "relu_rule",
     "smoothgrad",

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .attribution import class_activation, full_grad, gradient, gradient_cams, guided, integrated, masked_cams, masks
-from .attribution import smooth
+from .attribution import lrp, smooth
 
 KINDS = ("pixel", "cam", "transform")
-FAMILIES = ("gradient", "cam", "mask", "transform")
+FAMILIES = ("gradient", "relevance", "cam", "mask", "transform")
 
 
 def _frozen(d=None) -> Mapping:
@@ -36,7 +36,7 @@ class MethodInfo:
 
     ``kind``: ``"pixel"`` (a map shaped like ``x``), ``"cam"`` (``[B, H, W]``) or ``"transform"`` (a function
     ``method -> method``, e.g. SmoothGrad). ``family`` groups rows for plots and tests (``"gradient"``:
-    backpropagation maps; ``"cam"``: layer maps; ``"mask"``: maps from masked inputs; ``"transform"``).
+    backpropagation maps; ``"relevance"``: relevance propagated by rules; ``"cam"``: layer maps; ``"mask"``: maps from masked inputs; ``"transform"``).
     ``needs``: inputs the caller must supply (``"references"``). ``cost``: the options that set the method's
     cost, at a full budget (scaled down by :func:`options`). ``quick``: small settings that exercise the
     method in a fraction of a second (tests, quick runs). ``sized``: options computed from the input's
@@ -88,6 +88,7 @@ _ALL = [
                quick={"samples": 4}),
     MethodInfo("guided_backprop", guided.guided_backprop),
     MethodInfo("deconvnet", guided.deconvnet),
+    MethodInfo("lrp", lrp.lrp, family="relevance"),
     MethodInfo("cam", class_activation.cam, kind="cam", family="cam"),
     MethodInfo("grad_cam", gradient_cams.grad_cam, kind="cam", family="cam"),
     MethodInfo("grad_cam_plus_plus", gradient_cams.grad_cam_plus_plus, kind="cam", family="cam"),

@@ -96,7 +96,8 @@ class FunctionalModel:
         _check_like(params, x, self._names)
         tensors = dict(params)
         for k in self._buffers:  # native batch_norm refuses running statistics that require grad
-            tensors[k] = tensors[k].detach()
+            if tensors[k].requires_grad:  # (the same tensor otherwise: rules may look params up by identity)
+                tensors[k] = tensors[k].detach()
         if self._fixed:
             fixed = self._fixed if not isinstance(x, torch.Tensor) else {k: v.to(x.device) for k, v in
                                                                           self._fixed.items()}

@@ -1,0 +1,222 @@
+"""LRP's op interception: a ``TorchFunctionMode`` that gives each op its relevance rule, without hooks.
+
+While a forward runs under :class:`RelevanceMode`, every call of a linear or
+convolutional op, a pooling/mean/sum, a same-shape addition, an elementwise
+activation or a batch norm is replaced by an ``autograd.Function`` whose
+forward is the original op and whose backward is the op's LRP rule (see
+:mod:`fxai._core.lrp_rules`). Autograd then carries relevance instead of
+gradients; ops not listed (max-pooling, reshapes, concatenation, indexing)
+route it by their gradient, which conserves it. Ops are matched, not modules:
+a module called twice, a functional call and a layer built inside ``forward``
+all get their rule. Layers are named by their weight: inside
+``functional_call`` the weight passed to ``F.conv2d`` is the ``params`` entry, so
+its identity gives its name.
+
+The interface a shared rule engine would need is small: ``RelevanceMode(composite, params)``
+as a context, and the three Functions below.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from .lrp_rules import Gradient, Norm, Pass, stabilize
+
+
+class _LayerRule(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, w, b, op, rule):
+        return op(x, w, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b, ctx.op, ctx.rule = inputs
+        ctx.save_for_backward(x, w, b)
+
+    @staticmethod
+    def backward(ctx, relevance):
+        x, w, b = ctx.saved_tensors
+        return ctx.rule.backward(ctx.op, x, w, b, relevance), None, None, None, None
+
+
+class _NormRule(torch.autograd.Function):
+    """``fn(x)`` for a linear, positive ``fn`` (pooling, mean, sum): relevance by each input's share."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, fn, eps):
+        return fn(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.fn, ctx.eps = inputs
+        ctx.save_for_backward(x)
+
+    @staticmethod
+    def backward(ctx, relevance):
+        (x,) = ctx.saved_tensors
+        z, pull = torch.func.vjp(ctx.fn, x)
+        return x * pull(relevance / stabilize(z, ctx.eps))[0], None, None
+
+
+class _AddRule(torch.autograd.Function):
+    """``a + b``: relevance split in proportion to each summand (a residual connection's branches)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a, b, eps):
+        return a + b
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, b, ctx.eps = inputs
+        ctx.save_for_backward(a, b)
+
+    @staticmethod
+    def backward(ctx, relevance):
+        a, b = ctx.saved_tensors
+        s = relevance / stabilize(a + b, ctx.eps)
+        return a * s, b * s, None
+
+
+class _PassRule(torch.autograd.Function):
+    """``fn(x)`` elementwise, relevance passed through unchanged."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, fn):
+        return fn(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, relevance):
+        return relevance, None
+
+
+_LINEAR = {F.linear: "linear", F.conv1d: "conv", F.conv2d: "conv", F.conv3d: "conv"}
+_POOL = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+         F.adaptive_avg_pool3d, torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.sum}
+_ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
+_ADD_INPLACE = {torch.Tensor.add_, torch.Tensor.__iadd__}
+# activation -> position of its ``inplace`` argument (None: has none)
+_ACTIVATION = {F.relu: 1, torch.relu: None, torch.Tensor.relu: None, torch.sigmoid: None, torch.Tensor.sigmoid: None,
+               torch.tanh: None, torch.Tensor.tanh: None, F.gelu: None, F.silu: 1, F.elu: 2, F.leaky_relu: 2,
+               F.softplus: None, F.hardtanh: 3, F.relu6: 1, F.hardswish: 1, F.mish: 1, F.selu: 1, F.celu: 2}
+_ACTIVATION_INPLACE = {F.relu_: F.relu, torch.relu_: torch.relu, torch.Tensor.relu_: torch.relu,
+                       torch.sigmoid_: torch.sigmoid, torch.Tensor.sigmoid_: torch.sigmoid,
+                       torch.tanh_: torch.tanh, torch.Tensor.tanh_: torch.tanh, F.elu_: F.elu,
+                       F.leaky_relu_: F.leaky_relu, F.hardtanh_: F.hardtanh}
+
+
+def _linear_parts(func, args, kwargs):
+    """``(x, w, b, op)`` of a call of ``F.linear``/``F.conv*``, ``op(x, w, b)`` redoing it with its other options."""
+    names = ("input", "weight", "bias")
+    given = list(args[:3]) + [kwargs.pop(n, None) for n in names[len(args[:3]):]]
+    x, w, b = given
+    rest = args[3:]
+    return x, w, b, lambda x, w, b: func(x, w, b, *rest, **kwargs)
+
+
+def _without_inplace(func, args, kwargs):
+    """``(x, fn, inplace)``: the activation as an out-of-place ``fn(x)``, and whether it was asked in place."""
+    if func in _ACTIVATION_INPLACE:
+        func, inplace = _ACTIVATION_INPLACE[func], True
+        if func is F.hardtanh:
+            args = args[:3]
+    else:
+        pos = _ACTIVATION[func]
+        inplace = bool(kwargs.pop("inplace", False))
+        if pos is not None and len(args) > pos:
+            inplace = inplace or bool(args[pos])
+            args = args[:pos]
+        if func in (F.relu6, F.hardtanh, F.silu, F.elu, F.leaky_relu, F.hardswish, F.mish, F.selu, F.celu, F.relu):
+            kwargs = {**kwargs, "inplace": False}
+    x, rest = args[0], args[1:]
+    return x, (lambda t: func(t, *rest, **kwargs)), inplace
+
+
+def _folded_away(args, kwargs) -> bool:
+    """Whether an eval-mode ``F.batch_norm`` is the identity left by :func:`fxai.fold_batchnorm` (checked on
+    its small statistics, outside ``torch.func`` transforms and compilation only)."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    a = {**dict(zip(names, args)), **kwargs}
+    mean, var, weight, bias, eps = (a.get(k) for k in ("running_mean", "running_var", "weight", "bias", "eps"))
+    if a.get("training") or mean is None or var is None:
+        return False
+    eps = 1e-5 if eps is None else eps
+    unit = (var == 1).all() and (weight == (1 + eps) ** 0.5).all() if weight is not None else (var == 1 - eps).all()
+    return bool(unit and (mean == 0).all() and (bias is None or (bias == 0).all()))
+
+
+class RelevanceMode(TorchFunctionMode):
+    """Within the block, ops carry LRP relevance backward by the rules of ``composite``.
+
+    ``params`` names the layers: a weight that is the entry ``"features.0.weight"``
+    belongs to the layer ``"features.0"``. ``first`` tells whether the next linear or
+    convolutional op is the first of the forward.
+    """
+
+    def __init__(self, composite, params):
+        super().__init__()
+        self.composite = composite
+        self.names = {id(t): k.rpartition(".")[0] for k, t in params.items() if isinstance(t, torch.Tensor)}
+        self.first = True
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in _LINEAR:
+            x, w, b, op = _linear_parts(func, args, kwargs)
+            rule = self.composite.layer_rule(self.names.get(id(w)), _LINEAR[func], self.first)
+            self.first = False
+            return op(x, w, b) if isinstance(rule, Gradient) else _LayerRule.apply(x, w, b, op, rule)
+        if func in _POOL:
+            rule = self.composite.kind_rule("pool")
+            if isinstance(rule, Norm) and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+                x, rest = args[0], args[1:]
+                return _NormRule.apply(x, lambda t: func(t, *rest, **kwargs), rule.stabilizer)
+            return self._pass_or_grad(func, args, kwargs, rule)
+        if func in _ADD or func in _ADD_INPLACE:
+            return self._add(func, args, kwargs)
+        if func in _ACTIVATION or func in _ACTIVATION_INPLACE:
+            rule = self.composite.kind_rule("activation")
+            if isinstance(rule, Pass):
+                x, fn, inplace = _without_inplace(func, args, kwargs)
+                out = _PassRule.apply(x, fn)
+                return x.copy_(out) if inplace else out
+            return func(*args, **kwargs)
+        if func is F.batch_norm and isinstance(self.composite.kind_rule("batchnorm"), Pass):
+            if _folded_away(args, kwargs):
+                return args[0]
+            rest = args[1:]
+            return _PassRule.apply(args[0], lambda t: func(t, *rest, **kwargs))
+        return func(*args, **kwargs)
+
+    def _pass_or_grad(self, func, args, kwargs, rule):
+        if isinstance(rule, Pass):
+            x, rest = args[0], args[1:]
+            return _PassRule.apply(x, lambda t: func(t, *rest, **kwargs))
+        return func(*args, **kwargs)
+
+    def _add(self, func, args, kwargs):
+        rule = self.composite.kind_rule("add")
+        a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
+        plain = (len(args) <= 2 and set(kwargs) <= {"other"} and isinstance(a, torch.Tensor)
+                 and isinstance(b, torch.Tensor) and a.shape == b.shape and a.is_floating_point()
+                 and b.is_floating_point())
+        if not plain or not isinstance(rule, Norm):
+            return func(*args, **kwargs)
+        if func in _ADD_INPLACE:
+            return a.copy_(_AddRule.apply(a.clone(), b, rule.stabilizer))
+        return _AddRule.apply(a, b, rule.stabilizer)

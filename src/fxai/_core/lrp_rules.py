@@ -1,0 +1,324 @@
+r"""LRP rules and composites: how relevance flows back through each kind of layer.
+
+A rule maps the relevance :math:`R_j` at a layer's output to relevance at its
+input. For a linear layer :math:`z = f(x; W, b)` (``F.linear``, ``F.conv*``) a rule
+is a *modified forward* :math:`z' = f'(x')` and the relevance is "gradient ×
+input" of that modified forward (Montavon et al. 2019, sec. 10.2.2):
+
+.. math:: R_i = x'_i \, \Big[ \tfrac{\partial z'}{\partial x'}^{\!\top} \tfrac{R}{\mathrm{stab}(z')} \Big]_i ,
+          \qquad \mathrm{stab}(z) = z + \varepsilon\,(\mathrm{sign}(z) + [z = 0]).
+
+Rules (``x⁺ = max(x, 0)``, ``W⁺ = max(W, 0)``, likewise ``⁻``):
+
+- :class:`Epsilon` (LRP-ε, LRP-0 for ε = 0): :math:`z' = Wx + b`.
+- :class:`ZPlus` (z⁺): :math:`z' = W^+x^+ + b^+ + W^-x^-`.
+- :class:`AlphaBeta`: :math:`\alpha\,R^{(+)} - \beta\,R^{(-)}`, the positive part
+  from :math:`W^+x^+ + b^+ + W^-x^-`, the negative from :math:`W^-x^+ + b^- + W^+x^-`.
+- :class:`Gamma` (generalised γ-rule, Andéol et al. 2021): :math:`(W + \gamma W^+)x^+ + (b + \gamma b^+)
+  + (W + \gamma W^-)x^-` where :math:`z > 0`, the mirrored form where :math:`z < 0`.
+- :class:`Flat`: :math:`R_i = \sum_j R_j / \#\{i \to j\}` (all weights 1, no bias, input 1).
+- :class:`WSquare` (w²): :math:`R_i = \sum_j W_{ji}^2 R_j / \sum_{i'} W_{ji'}^2` (no bias).
+- :class:`ZBox` (z^B): :math:`z' = Wx - W^+l - W^-h` for inputs in the box :math:`[l, h]`.
+- :class:`Norm`: relevance in proportion to each input's share, :math:`R_i = x_i\,[P^\top (R / \mathrm{stab}(Px))]_i`
+  for average pooling, means, sums and residual additions :math:`a + b` (:math:`R_a = a R / (a + b)`).
+- :class:`Pass`: relevance passes unchanged (activations, a BatchNorm not folded away).
+- :class:`Gradient`: the plain gradient (no rule; max-pooling, reshapes and concatenations always use it).
+
+A composite assigns rules to layers, by name (the prefix of the parameter
+names, e.g. ``"features.0"`` or ``"layer4"``) or by kind: ``"first"`` (the first
+linear or convolutional layer called), ``"conv"``, ``"linear"``, ``"pool"``,
+``"add"``, ``"activation"`` and ``"batchnorm"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+
+def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    r""":math:`z + \varepsilon\,(\mathrm{sign}(z) + [z = 0])`: pushed away from zero, keeping the sign."""
+    return z + torch.where(z >= 0, torch.tensor(eps, dtype=z.dtype, device=z.device), -eps)
+
+
+def _pos(t):
+    return None if t is None else t.clamp(min=0)
+
+
+def _neg(t):
+    return None if t is None else t.clamp(max=0)
+
+
+def _eager() -> bool:
+    """Whether data-dependent shortcuts are allowed: outside ``torch.func`` transforms and ``torch.compile``."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
+
+
+def _split(x):
+    """``(x⁺, x⁻)``; for an input known to be non-negative (after a ReLU), ``(x, None)``: one conv saved."""
+    if _eager() and not bool(x.amin() < 0):
+        return x, None
+    return x.clamp(min=0), x.clamp(max=0)
+
+
+def _signed(sign, t):
+    return t if sign == 1 else -t
+
+
+def _total(terms):
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
+def _pullback(op, x, w, b):
+    """``(z, vjp)`` of ``x -> op(x, w, b)``: the modified forward and its transpose."""
+    return torch.func.vjp(lambda x: op(x, w, b), x)
+
+
+def _share(op, parts, relevance, eps, mask=None):
+    r"""Relevance of the inputs of :math:`z' = \sum_k \sigma_k op(x_k, W_k, b_k)`: :math:`\sum_k \sigma_k x_k \odot
+    \partial op/\partial x_k^\top s`.
+
+    ``parts`` lists ``(x_k, W_k, b_k, sigma_k)`` (parts with ``x_k`` None are zero and left out);
+    ``s = R / stab(z')`` (times ``mask``).
+    """
+    parts = [p for p in parts if p[0] is not None]
+    zs, pulls = zip(*(_pullback(op, x, w, b) for x, w, b, _ in parts))
+    s = relevance / stabilize(_total([_signed(p[3], z) for p, z in zip(parts, zs)]), eps)
+    if mask is not None:
+        s = s * mask
+    return _total([_signed(p[3], p[0] * pull(s)[0]) for p, pull in zip(parts, pulls)])
+
+
+class Rule:
+    """A relevance rule for linear or convolutional layers: ``backward(op, x, w, b, R) -> R_in``."""
+
+    def backward(self, op: Callable, x, w, b, relevance):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Epsilon(Rule):
+    """LRP-ε (Bach et al. 2015): :math:`R_i = x_i \\sum_j W_{ji} R_j / \\mathrm{stab}(z_j)`, :math:`z = Wx + b`."""
+
+    epsilon: float = 1e-6
+
+    def backward(self, op, x, w, b, relevance):
+        return _share(op, [(x, w, b, 1)], relevance, self.epsilon)
+
+
+@dataclass(frozen=True)
+class ZPlus(Rule):
+    """z⁺ (Montavon et al. 2017), the α1β0 rule: positive contributions only."""
+
+    stabilizer: float = 1e-6
+
+    def backward(self, op, x, w, b, relevance):
+        xp, xn = _split(x)
+        return _share(op, [(xp, _pos(w), _pos(b), 1), (xn, _neg(w), None, 1)], relevance, self.stabilizer)
+
+
+@dataclass(frozen=True)
+class AlphaBeta(Rule):
+    """αβ (Bach et al. 2015): :math:`\\alpha R^{(+)} - \\beta R^{(-)}` with :math:`\\alpha - \\beta = 1`."""
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+
+    def __post_init__(self):
+        if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1) > 1e-12:
+            raise ValueError(f"AlphaBeta: alpha and beta must be non-negative with alpha - beta = 1 "
+                             f"(conservation), got alpha={self.alpha}, beta={self.beta}")
+
+    def backward(self, op, x, w, b, relevance):
+        xp, xn = _split(x)
+        positive = _share(op, [(xp, _pos(w), _pos(b), 1), (xn, _neg(w), None, 1)], relevance, self.stabilizer)
+        negative = _share(op, [(xp, _neg(w), _neg(b), 1), (xn, _pos(w), None, 1)], relevance, self.stabilizer)
+        return self.alpha * positive - self.beta * negative
+
+
+@dataclass(frozen=True)
+class Gamma(Rule):
+    """γ-rule (Montavon et al. 2019), generalised to signed inputs and outputs (Andéol et al. 2021)."""
+
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+
+    def backward(self, op, x, w, b, relevance):
+        g = self.gamma
+        up = lambda t: None if t is None else t + g * t.clamp(min=0)  # noqa: E731
+        down = lambda t: None if t is None else t + g * t.clamp(max=0)  # noqa: E731
+        z = op(x, w, b)
+        xp, xn = _split(x)
+        positive = _share(op, [(xp, up(w), up(b), 1), (xn, down(w), None, 1)], relevance, self.stabilizer,
+                          mask=(z > 0).to(z.dtype))
+        negative = _share(op, [(xp, down(w), down(b), 1), (xn, up(w), None, 1)], relevance, self.stabilizer,
+                          mask=(z < 0).to(z.dtype))
+        return positive + negative
+
+
+@dataclass(frozen=True)
+class Flat(Rule):
+    """Flat (Lapuschkin et al. 2019): relevance spread evenly over each output's receptive field."""
+
+    stabilizer: float = 1e-6
+
+    def backward(self, op, x, w, b, relevance):
+        ones = torch.ones_like(x)
+        z, pull = _pullback(op, ones, torch.ones_like(w), None)
+        return pull(relevance / stabilize(z, self.stabilizer))[0]
+
+
+@dataclass(frozen=True)
+class WSquare(Rule):
+    """w² (Montavon et al. 2017): :math:`R_i = \\sum_j W_{ji}^2 R_j / \\sum_{i'} W_{ji'}^2` (no bias)."""
+
+    stabilizer: float = 1e-6
+
+    def backward(self, op, x, w, b, relevance):
+        z, pull = _pullback(op, torch.ones_like(x), w.square(), None)
+        return pull(relevance / stabilize(z, self.stabilizer))[0]
+
+
+@dataclass(frozen=True)
+class ZBox(Rule):
+    """z^B (Montavon et al. 2017) for inputs bounded by ``low <= x <= high`` (broadcast against the input)."""
+
+    low: torch.Tensor | float
+    high: torch.Tensor | float
+    stabilizer: float = 1e-6
+
+    def backward(self, op, x, w, b, relevance):
+        low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
+        high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
+        return _share(op, [(x, w, None, 1), (low, _pos(w), None, -1), (high, _neg(w), None, -1)],
+                      relevance, self.stabilizer)
+
+
+@dataclass(frozen=True)
+class Norm:
+    """Relevance in proportion to each input's contribution to a sum-like op (pooling, mean, addition)."""
+
+    stabilizer: float = 1e-6
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Relevance passes through unchanged (elementwise activations; an unfolded BatchNorm)."""
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """No rule: the op's own gradient carries the relevance back."""
+
+
+LAYER_KINDS = ("first", "conv", "linear", "pool", "add", "activation", "batchnorm")
+_DEFAULTS = {"conv": Epsilon(), "linear": Epsilon(), "pool": Norm(), "add": Norm(), "activation": Pass(),
+             "batchnorm": Pass()}
+
+
+@dataclass(frozen=True)
+class Composite:
+    """Rules assigned to layers, by name prefix (longest wins) or by kind (see :data:`LAYER_KINDS`).
+
+    Kinds left out keep their defaults: ε for ``conv``/``linear``, :class:`Norm` for ``pool``
+    and ``add``, :class:`Pass` for ``activation`` and ``batchnorm``; ``first`` falls back to its kind.
+    """
+
+    rules: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key, rule in self.rules.items():
+            if not isinstance(key, str):
+                raise TypeError(f"composite: keys must be layer kinds {LAYER_KINDS} or layer names, got {key!r}")
+            if key in ("pool", "add") and not isinstance(rule, (Norm, Pass, Gradient)):
+                raise TypeError(f"composite[{key!r}] must be Norm(), Pass() or Gradient(), got {rule!r}")
+            if key in ("activation", "batchnorm") and not isinstance(rule, (Pass, Gradient)):
+                raise TypeError(f"composite[{key!r}] must be Pass() or Gradient(), got {rule!r}")
+            if key not in ("pool", "add", "activation", "batchnorm") and not isinstance(rule, (Rule, Gradient)):
+                raise TypeError(f"composite[{key!r}] must be an LRP rule (Epsilon(), ZPlus(), ...) or "
+                                f"Gradient(), got {rule!r}")
+
+    def check_names(self, param_names, *, name: str = "composite") -> None:
+        """Raise if a layer-name key of this composite names no parameter's layer (a typo would do nothing)."""
+        layers = {k.rpartition(".")[0] for k in param_names}
+        for key in self.rules:
+            if key not in LAYER_KINDS and not any(n == key or n.startswith(key + ".") for n in layers):
+                shown = ", ".join(sorted(layers)[:8]) + (", ..." if len(layers) > 8 else "")
+                raise ValueError(f"{name}: {key!r} is neither a layer kind ({', '.join(LAYER_KINDS)}) nor the name "
+                                 f"(or a prefix ending at a dot) of a layer with parameters; layers: {shown}")
+
+    def layer_rule(self, name: str | None, kind: str, first: bool):
+        """The rule of a linear or convolutional layer called ``name`` (None when unnamed)."""
+        if name is not None:
+            best = max((k for k in self.rules if k not in LAYER_KINDS and (name == k or name.startswith(k + "."))),
+                       key=len, default=None)
+            if best is not None:
+                return self.rules[best]
+        if first and "first" in self.rules:
+            return self.rules["first"]
+        return self.rules.get(kind, _DEFAULTS[kind])
+
+    def kind_rule(self, kind: str):
+        """The rule of a parameter-free op of ``kind`` (``pool``, ``add``, ``activation``, ``batchnorm``)."""
+        return self.rules.get(kind, _DEFAULTS[kind])
+
+
+def epsilon_plus_flat(*, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """Flat on the first layer, z⁺ on convolutions, ε on dense layers (Kohlbrenner et al. 2020)."""
+    return Composite({"first": Flat(stabilizer), "conv": ZPlus(stabilizer), "linear": Epsilon(epsilon),
+                      "pool": Norm(stabilizer), "add": Norm(stabilizer)})
+
+
+def epsilon_plus(*, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """z⁺ on convolutions, ε on dense layers."""
+    return Composite({"conv": ZPlus(stabilizer), "linear": Epsilon(epsilon), "pool": Norm(stabilizer),
+                      "add": Norm(stabilizer)})
+
+
+def epsilon_alpha2_beta1(*, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """α2β1 on convolutions, ε on dense layers."""
+    return Composite({"conv": AlphaBeta(2.0, 1.0, stabilizer), "linear": Epsilon(epsilon),
+                      "pool": Norm(stabilizer), "add": Norm(stabilizer)})
+
+
+def epsilon_alpha2_beta1_flat(*, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """Flat on the first layer, α2β1 on convolutions, ε on dense layers."""
+    return Composite({"first": Flat(stabilizer), "conv": AlphaBeta(2.0, 1.0, stabilizer), "linear": Epsilon(epsilon),
+                      "pool": Norm(stabilizer), "add": Norm(stabilizer)})
+
+
+def epsilon_gamma_box(*, low, high, epsilon: float = 1e-6, gamma: float = 0.25,
+                      stabilizer: float = 1e-6) -> Composite:
+    """z^B on the first layer (inputs in ``[low, high]``), γ on convolutions, ε on dense layers
+    (Montavon et al. 2019)."""
+    return Composite({"first": ZBox(low, high, stabilizer), "conv": Gamma(gamma, stabilizer),
+                      "linear": Epsilon(epsilon), "pool": Norm(stabilizer), "add": Norm(stabilizer)})
+
+
+COMPOSITES = {"epsilon_plus_flat": epsilon_plus_flat, "epsilon_plus": epsilon_plus,
+              "epsilon_alpha2_beta1": epsilon_alpha2_beta1, "epsilon_alpha2_beta1_flat": epsilon_alpha2_beta1_flat,
+              "epsilon_gamma_box": epsilon_gamma_box}
+
+
+def as_composite(composite, *, name: str = "composite") -> Composite:
+    """A :class:`Composite` from a composite, a name in :data:`COMPOSITES` or a mapping ``{layer: rule}``."""
+    if isinstance(composite, Composite):
+        return composite
+    if isinstance(composite, str):
+        if composite not in COMPOSITES:
+            raise ValueError(f"{name}: unknown composite {composite!r}; known: {', '.join(COMPOSITES)} "
+                             "(or pass a Composite or a mapping from layer kind or name to rule)")
+        if composite == "epsilon_gamma_box":
+            raise ValueError(f"{name}: 'epsilon_gamma_box' needs the input bounds: pass "
+                             "epsilon_gamma_box(low=..., high=...)")
+        return COMPOSITES[composite]()
+    if isinstance(composite, Mapping):
+        return Composite(dict(composite))
+    raise TypeError(f"{name} must be a Composite, a composite name ({', '.join(COMPOSITES)}) or a mapping "
+                    f"from layer kind or name to rule; got {type(composite).__name__}")
