@@ -77,7 +77,8 @@ def test_grid_and_curves_write_pngs(tmp_path):
     maps = {"a": torch.randn(3, 16, 16, generator=gen), "b": torch.randn(3, 3, 16, 16, generator=gen)}
     masks = torch.rand(3, 16, 16, generator=gen) > 0.7
     fig = viz.grid(images, maps, masks=masks, row_titles=["x", "y", "z"], sign={"b": "all"}, title="t")
-    assert len(fig.axes) == 3 * 4 and [ax.get_title() for ax in fig.axes[:4]] == ["input", "ground truth", "a", "b"]
+    assert len(fig.axes) == 3 * 4 + 2                  # two colour bars: jet for "a", bwr for the signed "b"
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["input", "ground truth", "a", "b"]
     pixels = _png(viz.save(fig, tmp_path / "sub" / "grid.png"))
     assert pixels.shape[0] > 100 and pixels.std() > 10
     x = torch.linspace(0, 1, 5)
@@ -87,7 +88,7 @@ def test_grid_and_curves_write_pngs(tmp_path):
     rgb = viz.overlay(images[0], maps["a"][0])
     saved = _png(viz.save_rgb(rgb, tmp_path / "o.png"))
     assert saved.shape == (16, 16, 3) and np.abs(saved / 255 - rgb).max() <= 0.5 / 255 + 1e-6
-    fig = viz.grid(images, maps, masks=masks, row_titles=["x", "y", "z"], transpose=True)
+    fig = viz.grid(images, maps, masks=masks, row_titles=["x", "y", "z"], transpose=True, colorbar=False)
     assert len(fig.axes) == 4 * 3 and [ax.get_title() for ax in fig.axes[:3]] == ["x", "y", "z"]
     assert [ax.get_ylabel() for ax in fig.axes[::3]] == ["input", "ground truth", "a", "b"]
     with pytest.raises(ValueError, match="rows"):
