@@ -6,6 +6,7 @@ cases run in-process through ``fxai.cli.main`` (the same code path, stderr captu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -238,8 +239,17 @@ def test_demo_quick_end_to_end(tmp_path):
         assert 0 <= scores["relevance mass"] <= 1 and scores["pointing game"] in [k / 8 for k in range(9)]
     report = (out / "report.md").read_text()
     assert "| gradient |" in report and "![coherence grid](grid.png)" in report
-    assert "gradient" in proc.stdout and "random (chance)" in proc.stdout
-    assert (out / "model.pt").exists()
+    assert "untrained" in report and "noisy linear imputation" in report and "blurred copy" in report
+    assert "gradient" in proc.stdout and "random (chance)" in proc.stdout and "untrained" in proc.stdout
+    for name, row in results["methods"].items():     # the flags are the comparisons with the random map
+        flagged = set(results["no_better_than_chance"][name])
+        for column, score in row["scores"].items():
+            worse = score <= results["chance"][column] if demo.HIGHER_IS_BETTER[column] else \
+                score >= results["chance"][column]
+            assert (column in flagged) == worse, (name, column)
+    assert "ROAD" in results["chance"]
+    assert (out / "model-quick.pt").exists() and not (out / "model.pt").exists()
+    assert not list(out.glob("*.tmp"))
 
 
 @pytest.fixture
@@ -262,9 +272,71 @@ def test_training_resumes_to_the_same_weights(tmp_path, one_thread):
         assert torch.equal(v, resumed.state_dict()[k]), k
     demo.train(config, seed=3, device=torch.device("cpu"), checkpoint=path, progress=False, log=log.append)
     assert log[-1] == f"reusing the trained model in {path}"
-    demo.train(config, seed=4, device=torch.device("cpu"), checkpoint=path, stop_after=1, progress=False,
+    before = open(path, "rb").read()
+    with pytest.raises(ValueError, match="holds a model trained with other settings .seed 3.*--out"):
+        demo.train(config, seed=4, device=torch.device("cpu"), checkpoint=path, stop_after=1, progress=False,
+                   log=log.append)
+    assert open(path, "rb").read() == before             # a trained model is never overwritten
+    partial = str(tmp_path / "partial.pt")
+    demo.train(config, seed=4, device=torch.device("cpu"), checkpoint=partial, stop_after=1, progress=False)
+    demo.train(config, seed=5, device=torch.device("cpu"), checkpoint=partial, stop_after=1, progress=False,
                log=log.append)
-    assert log[-1] == f"{path} was trained with other settings; training again"
+    assert log[-1] == f"{partial} was trained with other settings; training again"   # an unfinished one is
+
+
+def test_interrupted_training_keeps_its_progress(tmp_path, monkeypatch, one_thread):
+    config = demo.QUICK
+    path = str(tmp_path / "model.pt")
+    real = demo.shapes
+
+    def interrupt_at_step_3(n, *, start, **kwargs):
+        if start == 3 * config.batch:
+            raise KeyboardInterrupt
+        return real(n, start=start, **kwargs)
+
+    monkeypatch.setattr(demo, "shapes", interrupt_at_step_3)
+    log = []
+    with pytest.raises(KeyboardInterrupt):
+        demo.train(config, seed=3, device=torch.device("cpu"), checkpoint=path, progress=False, log=log.append)
+    assert torch.load(path)["step"] == 3                 # saved on interrupt, not only every save_every steps
+    assert log[-1].startswith("\ninterrupted at step 3 of 12; progress saved")
+    monkeypatch.setattr(demo, "shapes", real)
+    open(path + ".tmp", "wb").write(b"half a file")        # a run killed while saving
+    resumed = demo.train(config, seed=3, device=torch.device("cpu"), checkpoint=path, progress=False, log=log.append)
+    assert log[-1] == f"resuming training from step 3 of {config.steps} ({path})" and not os.path.exists(path + ".tmp")
+    straight = demo.train(config, seed=3, device=torch.device("cpu"), progress=False)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_full_disk_is_one_line(tmp_path, monkeypatch, one_thread, capsys):
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(demo, "QUICK", dataclasses.replace(demo.QUICK, steps=2, save_every=1))
+    code = cli.main(["demo", "--quick", "--out", str(tmp_path / "r"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR
+    last = err.splitlines()[-1]                          # after the closed progress bar, on a line of its own
+    assert last.startswith("fxai: error: cannot save the model to") and err.endswith(last + "\n")
+    assert "cannot save the model to" in err and "disk full" in err and "enforce" not in err
+    assert not list((tmp_path / "r").glob("*.tmp"))
+
+
+def test_report_files_are_replaced_whole(tmp_path, monkeypatch):
+    """A run killed while writing the report leaves the previous files whole (writes go to .tmp, then a rename)."""
+    from fxai import viz
+    (tmp_path / "results.json").write_text("previous")
+
+    def killed(tmp):
+        open(tmp, "w").write("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        viz._atomic(tmp_path / "results.json", killed)
+    assert (tmp_path / "results.json").read_text() == "previous" and not (tmp_path / "results.json.tmp").exists()
 
 
 # ---------------------------------------------------------------- explain: what the user meets

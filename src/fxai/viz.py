@@ -302,7 +302,7 @@ def curves(data: Mapping[str, tuple], *, title: str | None = None, xlabel: str =
 
     Lines keep the dicts' order (pass them ordered by score) and no two share both colour and line style
     (10 colours × 4 styles); ``reference`` names a line drawn thick, black and dashed (e.g. a random map). The
-    legend sits beside the plots, off the data.
+    legend sits beside each plot, off the data.
 
     Example:
         >>> fractions = torch.linspace(0, 1, 11)
@@ -314,7 +314,7 @@ def curves(data: Mapping[str, tuple], *, title: str | None = None, xlabel: str =
     panels = [data] if isinstance(data, Mapping) else list(data)
     colours = matplotlib.colormaps["tab10"].colors
     longest = max((len(p) for p in panels), default=0)
-    fig = _figure(4.2 * len(panels) + (2.6 if longest else 0), max(3.4, 0.17 * longest + 1.0))
+    fig = _figure((4.2 + (2.8 if longest else 0)) * len(panels), max(3.4, 0.17 * longest + 1.0))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for i, (ax, panel) in enumerate(zip(axes, panels)):
         k = 0
@@ -330,7 +330,7 @@ def curves(data: Mapping[str, tuple], *, title: str | None = None, xlabel: str =
         ax.grid(alpha=0.3)
         if ax_titles is not None:
             ax.set_title(ax_titles[i], fontsize=10)
-        if panel and i == len(panels) - 1:
+        if panel:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
