@@ -19,7 +19,7 @@ import torchvision
 from PIL import Image
 
 import fxai
-from fxai import cli, demo, loading, registry
+from fxai import cli, demo, demo_scores, loading, registry
 from fxai._core.discovery import resolve_layers
 
 TINY_MODEL = '''
@@ -244,7 +244,7 @@ def test_demo_quick_end_to_end(tmp_path):
     for name, row in results["methods"].items():     # the flags are the comparisons with the random map
         flagged = set(results["no_better_than_chance"][name])
         for column, score in row["scores"].items():
-            worse = score <= results["chance"][column] if demo.HIGHER_IS_BETTER[column] else \
+            worse = score <= results["chance"][column] if demo_scores.HIGHER_IS_BETTER[column] else \
                 score >= results["chance"][column]
             assert (column in flagged) == worse, (name, column)
     assert "ROAD" in results["chance"]
@@ -426,7 +426,8 @@ def test_options_transforms_and_class_names(files, monkeypatch, capsys):
     with Image.open(files / "rgb.png") as img:
         tf = torchvision.transforms.functional
         raw = tf.to_tensor(tf.center_crop(tf.resize(img, 40), 32))
-    xin = ((raw - torch.tensor(loading.IMAGENET_MEAN)[:, None, None]) / torch.tensor(loading.IMAGENET_STD)[:, None, None])[None]
+    mean, std = torch.tensor(loading.IMAGENET_MEAN)[:, None, None], torch.tensor(loading.IMAGENET_STD)[:, None, None]
+    xin = ((raw - mean) / std)[None]
     target = int(model_fn(params, xin).argmax())
     ig = fxai.integrated_gradients(model_fn, params, xin, target, steps=3)[0]
     assert torch.allclose(x, ig, rtol=1e-4, atol=1e-6)

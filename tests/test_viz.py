@@ -119,7 +119,8 @@ def test_explanation_figure_has_a_colour_bar_in_the_maps_units(tmp_path):
     assert (low, high) == pytest.approx((0.0, 2.0)) and "max(a, 0)" in bar.get_ylabel()
     assert fig._suptitle.get_text().startswith("grad_cam · class 3")
     fig = viz.explanation(image, 5 + amap, origin="min", clip=100)
-    assert sorted(fig.axes[-1].get_ylim()) == pytest.approx([5.0, 7.0]) and "from its minimum" in fig.axes[-1].get_ylabel()
+    bar = fig.axes[-1]
+    assert sorted(bar.get_ylim()) == pytest.approx([5.0, 7.0]) and "from its minimum" in bar.get_ylabel()
     pixels = _png(viz.save(fig, tmp_path / "e.png"))
     assert pixels.shape[0] >= 300 and pixels.shape[1] >= 600          # panels of 300 px at 100 dpi
     jet = matplotlib.colormaps["jet"]

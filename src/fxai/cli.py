@@ -11,6 +11,7 @@ import os
 import re
 import sys
 
+from .cli_methods import accepted, check_options, help_epilog, parse_methods, parse_options
 from .loading import UsageError
 
 EXIT_ERROR = 2
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
     ex = sub.add_parser("explain", help="explain the predictions of a classifier on image files",
-                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_explain_epilog())
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_epilog())
     ex.add_argument("images", nargs="+", metavar="IMAGE",
                     help="image files (any size; RGB, grayscale, RGBA, palette; 16-bit and float grayscale are scaled "
                          "by their bit depth: divided by 2^b - 1 for the smallest of 8, 10, 12, 14, 16 bits that "
@@ -76,27 +77,6 @@ def _parser() -> argparse.ArgumentParser:
                          "CAMs are shown by their positive part, RISE by its variation above its minimum")
     ex.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
-
-
-def _explain_epilog() -> str:
-    from .registry import METHODS, TRANSFORMS
-
-    def opts(info):
-        skip = {"model_fn", "params", "x", "target", "layer", "key", "references", "options", "chunk_size"}
-        names = [n for n, p in info.parameters.items() if n not in skip and p.kind == p.KEYWORD_ONLY]
-        return f"{info.name}" + (f" ({', '.join(names)})" if names else "")
-
-    lines = ["methods and their options (--option NAME=VALUE):"]
-    lines += [f"  {opts(info)}" for info in METHODS.values()]
-    lines += ["transforms (--method TRANSFORM:METHOD; options samples, sigma):",
-              "  " + ", ".join(TRANSFORMS)]
-    return "\n".join(lines)
-
-
-def _method_names() -> list[str]:
-    from .registry import METHODS
-
-    return list(METHODS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,79 +143,6 @@ def _check_writable(out: str) -> None:
         os.remove(probe)
     except OSError as err:
         raise UsageError(f"output folder {out!r} is not writable: {err.strerror or err}") from None
-
-
-def _parse_methods(text: str, settings: dict) -> list:
-    """Registry rows for ``--method``: names, ``all``, or ``TRANSFORM:METHOD`` (the transform takes ``samples`` and
-    ``sigma`` from ``settings``)."""
-    from .registry import METHODS, TRANSFORMS, applied
-
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if names == ["all"]:
-        return list(METHODS.values())
-    if not names:
-        raise UsageError("--method is empty; give comma-separated names, e.g. gradient,grad_cam")
-    rows = []
-    for name in dict.fromkeys(names):
-        transform, _, base = name.rpartition(":")
-        if base not in METHODS:
-            raise UsageError(f"unknown method {base!r} in --method; available: {', '.join(METHODS)}")
-        if not transform:
-            rows.append(METHODS[base])
-            continue
-        if transform not in TRANSFORMS:
-            raise UsageError(f"unknown transform {transform!r} in --method {name}; available: {', '.join(TRANSFORMS)}")
-        given = {k: settings[k] for k in ("samples", "sigma") if k in settings}
-        rows.append(applied(TRANSFORMS[transform], METHODS[base], **given))
-    return rows
-
-
-_RESERVED = {"model_fn": None, "params": None, "x": None, "target": "--target", "layer": "--layer", "key": "--seed",
-             "references": None, "chunk_size": "--chunk-size", "options": None}
-
-
-def _parse_options(items: list[str]) -> dict:
-    """``--option NAME=VALUE`` pairs; values read as int, float, true/false/none or comma-separated tuples."""
-    out = {}
-    for item in items:
-        name, eq, text = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not eq or not name.isidentifier() or not text.strip():
-            raise UsageError(f"--option must be NAME=VALUE (e.g. steps=64 or window=16,16), got {item!r}")
-        if name in _RESERVED:
-            hint = f"; use {_RESERVED[name]}" if _RESERVED[name] else ""
-            raise UsageError(f"--option {name}: not a method option{hint}")
-        parts = [_value(v) for v in text.split(",")]
-        out[name] = parts[0] if len(parts) == 1 else tuple(parts)
-    return out
-
-
-def _value(text: str):
-    text = text.strip()
-    lowered = text.lower()
-    if lowered in ("true", "false", "none"):
-        return {"true": True, "false": False, "none": None}[lowered]
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _accepted(info) -> set:
-    names = {n for n, p in info.parameters.items() if p.kind == p.KEYWORD_ONLY}
-    if "options" in info.parameters:                     # a transformed method: its own settings and the base's
-        names |= {"samples", "sigma"}
-    return names
-
-
-def _check_options(options: dict, methods: list) -> None:
-    for name in options:
-        if not any(name in _accepted(info) for info in methods):
-            takes = sorted(set().union(*(_accepted(info) for info in methods)) - set(_RESERVED))
-            raise UsageError(f"--option {name}: none of the chosen methods ({', '.join(m.name for m in methods)}) takes "
-                             f"{name!r}; they take: {', '.join(takes) or 'no options'}")
 
 
 def _parse_target(text: str):
@@ -317,9 +224,9 @@ def _explain(args) -> int:
         raise UsageError(f"--resize takes two positive sizes (SHORT_SIDE CROP), got {args.resize[0]} {args.resize[1]}")
     if args.chunk_size < 1:
         raise UsageError(f"--chunk-size must be a positive number of inputs, got {args.chunk_size}")
-    settings = _parse_options(args.option)
-    methods = _parse_methods(args.method, settings)
-    _check_options(settings, methods)
+    settings = parse_options(args.option)
+    methods = parse_methods(args.method, settings)
+    check_options(settings, methods)
     mode, value = _parse_target(args.target)
     device = resolve_device(args.device)
     for path in args.images:
@@ -376,8 +283,8 @@ def _explain(args) -> int:
             bar.set_description(f"{stem}: {info.name}")
             options = registry.options(info, size=x.shape[-2:], layer=layer, key=args.seed, references=references,
                                        chunk_size=args.chunk_size)
-            accepted = _accepted(info)
-            options.update({k: v for k, v in settings.items() if k in accepted and not (
+            takes = accepted(info)
+            options.update({k: v for k, v in settings.items() if k in takes and not (
                 "options" in info.parameters and k in ("samples", "sigma"))})
             start = time.perf_counter()
             try:

@@ -168,8 +168,8 @@ def _colorbar(fig, axes, cmap: str, low: float, high: float, label: str):
     if high < low:                                   # "negative": the top of the scale is the most negative value
         mappable = ScalarMappable(Normalize(high, low), matplotlib.colormaps[cmap].reversed())
     height = fig.get_figheight()
-    bar = fig.colorbar(mappable, ax=axes, shrink=min(0.8, 3.2 / height), fraction=0.04 * min(1.0, 8.0 / fig.get_figwidth()),
-                       aspect=18, pad=0.02)
+    bar = fig.colorbar(mappable, ax=axes, shrink=min(0.8, 3.2 / height), aspect=18, pad=0.02,
+                       fraction=0.04 * min(1.0, 8.0 / fig.get_figwidth()))
     bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
     return bar
