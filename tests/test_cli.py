@@ -376,13 +376,15 @@ def test_model_from_the_current_folder_and_from_a_file_path(tmp_path):
         assert (tmp_path / "o" / "scan_gradient.pt").exists()
 
 
-def test_python_dash_m_fxai_and_debug_in_each_help(tmp_path):
+def test_python_dash_m_fxai_and_debug_in_each_help(capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for sub in ("demo", "explain"):
-        proc = subprocess.run([sys.executable, "-m", "fxai", sub, "--help"], capture_output=True, text=True, env=env,
-                              timeout=120)
-        assert proc.returncode == 0 and "--debug" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "fxai", "explain", "--help"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0 and "--debug" in proc.stdout
     assert "smoothgrad_sq" in proc.stdout and "num_masks" in proc.stdout and "--option" in proc.stdout
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    assert "--debug" in capsys.readouterr().out
 
 
 def test_twelve_bit_image_is_scaled_by_its_depth(tmp_path):
