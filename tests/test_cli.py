@@ -190,7 +190,8 @@ def test_default_layer_is_the_librarys():
         x = torch.zeros(1, 3, 64, 64)
         for build, expected in [(torchvision.models.resnet18, "layer4"), (torchvision.models.mobilenet_v3_small,
                                 "features"), (torchvision.models.vgg11, "features"),
-                                (torchvision.models.densenet121, "features")]:
+                                (torchvision.models.densenet121, "features"),
+                                (torchvision.models.squeezenet1_0, "classifier.2")]:
             model_fn, params = fxai.functional(build().eval())
             assert resolve_layers(model_fn, None, params=params, x=x) == [expected]
 

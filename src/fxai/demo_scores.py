@@ -129,8 +129,9 @@ def markdown(results: dict, rows: dict, chance: dict) -> str:
         "(same blur; higher is better).",
         f"- **ROAD**: Rong et al. 2022, removing the most (MoRF) and least (LeRF) relevant "
         f"{', '.join(f'{f:.0%}' for f in cfg['road_fractions'])} of the pixels, filled by noisy linear imputation "
-        f"(each removed pixel the mean of its neighbours, plus noise 0.01: no shape is left to read); the score is "
-        f"½(mean LeRF − mean MoRF) on the first {cfg['road_count']} images (higher is better).",
+        "(each removed pixel the mean of its neighbours, plus noise 0.01, which leaks far less of the removed "
+        f"shape); the score is ½(mean LeRF − mean MoRF) on the first {cfg['road_count']} images (higher is better).",
+        "- Pixel maps are scored as |a| summed over channels, CAMs by their positive part.",
         "- RISE's map carries the model's mean score over random masks as an offset; it is scored and shown by its "
         "variation above its minimum.", "",
         *table(rows, chance), "",
