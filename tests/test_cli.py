@@ -386,6 +386,9 @@ def test_python_dash_m_fxai_and_debug_in_each_help(capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--help"])
     assert "--debug" in capsys.readouterr().out
+    for argv in (["--debug", "explain", "a.png"], ["explain", "a.png", "--debug"]):
+        assert cli._parser().parse_args(argv).debug      # before or after the subcommand
+    assert not cli._parser().parse_args(["explain", "a.png"]).debug
 
 
 def test_twelve_bit_image_is_scaled_by_its_depth(tmp_path):

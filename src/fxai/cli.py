@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: %(default)s)")
     demo.add_argument("--quick", action="store_true", help="a tiny run of a few seconds with an untrained model (its "
                                                            "scores mean nothing; for tests); kept as model-quick.pt")
-    demo.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps `fxai --debug demo`
+                      help="show the full traceback on errors")
 
     ex = sub.add_parser("explain", help="explain the predictions of a classifier on image files",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_epilog())
@@ -75,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--sign", default="absolute", choices=("positive", "negative", "absolute", "all"),
                     help="what the pictures show of pixel maps (default: %(default)s, |a| summed over channels); "
                          "CAMs are shown by their positive part, RISE by its variation above its minimum")
-    ex.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps `fxai --debug explain`
+                      help="show the full traceback on errors")
     return parser
 
 
