@@ -281,8 +281,7 @@ def test_vit_tokens_to_grid_matches_pytorch_grad_cam():
                  reshape_transform=_vit_tokens) as oracle:
         want = torch.from_numpy(oracle(input_tensor=x.clone(), targets=[ClassifierOutputTarget(3)] * 2))
     torch.testing.assert_close(normalize(got), want, rtol=1e-5, atol=2e-5)
-    with pytest.raises(ValueError, match="pass layer= explicitly"):
-        fxai.grad_cam(model_fn, params, x, 3)
+    torch.testing.assert_close(fxai.grad_cam(model_fn, params, x, 3), got, rtol=0, atol=0)  # the default layer
     for method in LAYER_METHODS:
         if method is not fxai.cam:
             out = method(model_fn, params, x, 3, layer=layer)

@@ -6,6 +6,7 @@ cases run in-process through ``fxai.cli.main`` (the same code path, stderr captu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ import torchvision
 from PIL import Image
 
 import fxai
-from fxai import cli, demo, loading, registry
+from fxai import cli, demo, demo_scores, loading, registry
 from fxai._core.discovery import resolve_layers
 
 TINY_MODEL = '''
@@ -50,7 +51,13 @@ def files(tmp_path_factory):
     (root / "garbage.pt").write_bytes(b"not a checkpoint")
     (root / "mymodels.py").write_text(TINY_MODEL)
     (root / "a_file").write_text("")
+    (root / "sub").mkdir()
+    torch.save(nn_whole(), root / "whole.pt")
     return root
+
+
+def nn_whole():
+    return torch.nn.Sequential(torch.nn.Linear(2, 2))
 
 
 def _run(args, cwd, timeout=240):
@@ -84,14 +91,14 @@ def test_explain_torchvision_model_with_weights_file(files):
     for name in images:
         stem = name[:-4]
         for method in done:
-            raw = torch.load(out / f"{stem}_{method}.pt")
+            raw = torch.load(out / f"{stem}_{method}.pt")      # this image's map, one per target class
             assert raw.shape == ((2, 3, 48, 48) if registry.METHODS[method].kind == "pixel" else (2, 48, 48))
             assert torch.isfinite(raw).all() and raw.abs().sum() > 0
             pngs = sorted(out.glob(f"{stem}_{method}_c*.png"))
             assert len(pngs) == 2
             for p in pngs:
-                pixels = _png(p)
-                assert pixels.shape == (48, 48, 3) and pixels.std() > 5
+                pixels = _png(p)                            # input, map and colour bar, each >= 224 px
+                assert pixels.shape[0] >= 300 and pixels.shape[1] >= 600 and pixels.std() > 5
     # The gradient map saved is the model's gradient for the top-1 class of the preprocessed image.
     with Image.open(files / "rgb.png") as img:
         x = torchvision.transforms.functional.to_tensor(
@@ -101,6 +108,7 @@ def test_explain_torchvision_model_with_weights_file(files):
     logits = model.eval()(x)
     logits[0, logits[0].argmax()].backward()
     assert torch.allclose(torch.load(out / "rgb_gradient.pt")[0], x.grad[0], rtol=1e-4, atol=1e-6)
+    assert "time per method" in proc.stdout and "integrated_gradients" in proc.stdout.split("time per method")[1]
     grid = _png(out / "grid.png")
     assert grid.shape[0] > 4 * 100 and grid.std() > 10
 
@@ -111,7 +119,7 @@ def test_explain_own_model_keep_size(files):
     assert proc.returncode == 0, proc.stderr
     for stem, size in (("rgb", (40, 56)), ("gray", (36, 36)), ("rgba", (30, 30)), ("palette", (50, 40))):
         for method in ("gradient", "guided_backprop"):
-            assert _png(files / "out2" / f"{stem}_{method}.png").shape == (*size, 3)
+            assert _png(files / "out2" / f"{stem}_{method}.png").shape[0] >= 300
             assert torch.load(files / "out2" / f"{stem}_{method}.pt").shape == (3, *size)
 
 
@@ -139,6 +147,17 @@ def test_explain_error_in_a_subprocess_is_one_line(files):
     (["rgb.png", "--model", "mymodels:tiny", "--out", "a_file/sub"], "output folder 'a_file/sub' is not writable"),
     (["rgb.png", "--model", "mymodels:tiny", "--pretrained"], "--pretrained works with torchvision model names"),
     (["rgb.png", "--model", "mymodels:tiny", "--mean", "0.5,x"], "--mean must be comma-separated numbers"),
+    (["rgb.png", "--model", "mymodels:tiny", "--resize", "0", "0"], "--resize takes two positive sizes"),
+    (["sub", "--model", "mymodels:tiny"], "image sub is a directory"),
+    (["rgb.png", "--model", "mymodels:tiny", "--option", "steps"], "--option must be NAME=VALUE"),
+    (["rgb.png", "--model", "mymodels:tiny", "--method", "gradient", "--option", "steps=8"],
+     "--option steps: none of the chosen methods (gradient) takes 'steps'"),
+    (["rgb.png", "--model", "mymodels:tiny", "--option", "key=3"], "--option key: not a method option; use --seed"),
+    (["rgb.png", "--model", "mymodels:tiny", "--method", "blur:gradient"], "unknown transform 'blur'"),
+    (["rgb.png", "--model", "mymodels:tiny", "--method", "integrated_gradients", "--option", "steps=0"],
+     "integrated_gradients: steps must be"),
+    (["rgb.png", "--model", "whole.pt"], "unknown model"),
+    (["rgb.png", "--model", "nowhere/net.py:make"], "file not found: nowhere/net.py"),
 ])
 def test_explain_bad_input_one_line_error(files, monkeypatch, capsys, args, expected):
     monkeypatch.chdir(files)
@@ -171,7 +190,8 @@ def test_default_layer_is_the_librarys():
         x = torch.zeros(1, 3, 64, 64)
         for build, expected in [(torchvision.models.resnet18, "layer4"), (torchvision.models.mobilenet_v3_small,
                                 "features"), (torchvision.models.vgg11, "features"),
-                                (torchvision.models.densenet121, "features")]:
+                                (torchvision.models.densenet121, "features"),
+                                (torchvision.models.squeezenet1_0, "classifier.2")]:
             model_fn, params = fxai.functional(build().eval())
             assert resolve_layers(model_fn, None, params=params, x=x) == [expected]
 
@@ -220,8 +240,17 @@ def test_demo_quick_end_to_end(tmp_path):
         assert 0 <= scores["relevance mass"] <= 1 and scores["pointing game"] in [k / 8 for k in range(9)]
     report = (out / "report.md").read_text()
     assert "| gradient |" in report and "![coherence grid](grid.png)" in report
-    assert "gradient" in proc.stdout and "random (chance)" in proc.stdout
-    assert (out / "model.pt").exists()
+    assert "untrained" in report and "noisy linear imputation" in report and "blurred copy" in report
+    assert "gradient" in proc.stdout and "random (chance)" in proc.stdout and "untrained" in proc.stdout
+    for name, row in results["methods"].items():     # the flags are the comparisons with the random map
+        flagged = set(results["no_better_than_chance"][name])
+        for column, score in row["scores"].items():
+            worse = score <= results["chance"][column] if demo_scores.HIGHER_IS_BETTER[column] else \
+                score >= results["chance"][column]
+            assert (column in flagged) == worse, (name, column)
+    assert "ROAD" in results["chance"]
+    assert (out / "model-quick.pt").exists() and not (out / "model.pt").exists()
+    assert not list(out.glob("*.tmp"))
 
 
 @pytest.fixture
@@ -244,6 +273,169 @@ def test_training_resumes_to_the_same_weights(tmp_path, one_thread):
         assert torch.equal(v, resumed.state_dict()[k]), k
     demo.train(config, seed=3, device=torch.device("cpu"), checkpoint=path, progress=False, log=log.append)
     assert log[-1] == f"reusing the trained model in {path}"
-    demo.train(config, seed=4, device=torch.device("cpu"), checkpoint=path, stop_after=1, progress=False,
+    before = open(path, "rb").read()
+    with pytest.raises(ValueError, match="holds a model trained with other settings .seed 3.*--out"):
+        demo.train(config, seed=4, device=torch.device("cpu"), checkpoint=path, stop_after=1, progress=False,
+                   log=log.append)
+    assert open(path, "rb").read() == before             # a trained model is never overwritten
+    partial = str(tmp_path / "partial.pt")
+    demo.train(config, seed=4, device=torch.device("cpu"), checkpoint=partial, stop_after=1, progress=False)
+    demo.train(config, seed=5, device=torch.device("cpu"), checkpoint=partial, stop_after=1, progress=False,
                log=log.append)
-    assert log[-1] == f"{path} was trained with other settings; training again"
+    assert log[-1] == f"{partial} was trained with other settings; training again"   # an unfinished one is
+
+
+def test_interrupted_training_keeps_its_progress(tmp_path, monkeypatch, one_thread):
+    config = demo.QUICK
+    path = str(tmp_path / "model.pt")
+    real = demo.shapes
+
+    def interrupt_at_step_3(n, *, start, **kwargs):
+        if start == 3 * config.batch:
+            raise KeyboardInterrupt
+        return real(n, start=start, **kwargs)
+
+    monkeypatch.setattr(demo, "shapes", interrupt_at_step_3)
+    log = []
+    with pytest.raises(KeyboardInterrupt):
+        demo.train(config, seed=3, device=torch.device("cpu"), checkpoint=path, progress=False, log=log.append)
+    assert torch.load(path)["step"] == 3                 # saved on interrupt, not only every save_every steps
+    assert log[-1].startswith("\ninterrupted at step 3 of 12; progress saved")
+    monkeypatch.setattr(demo, "shapes", real)
+    open(path + ".tmp", "wb").write(b"half a file")        # a run killed while saving
+    resumed = demo.train(config, seed=3, device=torch.device("cpu"), checkpoint=path, progress=False, log=log.append)
+    assert log[-1] == f"resuming training from step 3 of {config.steps} ({path})" and not os.path.exists(path + ".tmp")
+    straight = demo.train(config, seed=3, device=torch.device("cpu"), progress=False)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_full_disk_is_one_line(tmp_path, monkeypatch, one_thread, capsys):
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(demo, "QUICK", dataclasses.replace(demo.QUICK, steps=2, save_every=1))
+    code = cli.main(["demo", "--quick", "--out", str(tmp_path / "r"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR
+    last = err.splitlines()[-1]                          # after the closed progress bar, on a line of its own
+    assert last.startswith("fxai: error: cannot save the model to") and err.endswith(last + "\n")
+    assert "cannot save the model to" in err and "disk full" in err and "enforce" not in err
+    assert not list((tmp_path / "r").glob("*.tmp"))
+
+
+def test_report_files_are_replaced_whole(tmp_path, monkeypatch):
+    """A run killed while writing the report leaves the previous files whole (writes go to .tmp, then a rename)."""
+    from fxai import viz
+    (tmp_path / "results.json").write_text("previous")
+
+    def killed(tmp):
+        open(tmp, "w").write("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        viz._atomic(tmp_path / "results.json", killed)
+    assert (tmp_path / "results.json").read_text() == "previous" and not (tmp_path / "results.json.tmp").exists()
+
+
+# ---------------------------------------------------------------- explain: what the user meets
+
+
+def test_failed_run_leaves_no_empty_output_folder(files, monkeypatch, capsys):
+    monkeypatch.chdir(files)
+    assert cli.main(["explain", "corrupt.png", "--model", "mymodels:tiny", "--out", "never"]) == cli.EXIT_ERROR
+    assert not (files / "never").exists()
+    (files / "kept").mkdir()
+    assert cli.main(["explain", "corrupt.png", "--model", "mymodels:tiny", "--out", "kept"]) == cli.EXIT_ERROR
+    assert (files / "kept").is_dir()                    # a folder the user made stays
+
+
+def test_pickled_model_as_weights_names_the_cause_and_no_unsafe_advice(files, monkeypatch, capsys):
+    monkeypatch.chdir(files)
+    assert cli.main(["explain", "rgb.png", "--model", "mymodels:tiny", "--weights", "whole.pt", "--out", "o"]) == 2
+    err = capsys.readouterr().err
+    assert "holds Python objects" in err and "torch.nn.modules.container.Sequential" in err
+    assert "state_dict()" in err and "weights_only=False" not in err and not err.rstrip().endswith("...")
+
+
+def test_model_from_the_current_folder_and_from_a_file_path(tmp_path):
+    """The README's `--model mypackage.models:make_net` from the folder holding mypackage, and a .py path."""
+    (tmp_path / "mypackage").mkdir()
+    (tmp_path / "mypackage" / "__init__.py").write_text("")
+    (tmp_path / "mypackage" / "models.py").write_text(TINY_MODEL.replace("def tiny", "def make_net"))
+    Image.fromarray(np.full((8, 8, 3), 128, dtype=np.uint8)).save(tmp_path / "scan.png")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = os.path.join(os.path.dirname(sys.executable), "fxai")
+    command = [script] if os.path.exists(script) else [sys.executable, "-m", "fxai"]
+    for model in ("mypackage.models:make_net", os.path.join("mypackage", "models.py") + ":make_net"):
+        proc = subprocess.run([*command, "explain", "scan.png", "--model", model, "--keep-size", "--method", "gradient",
+                               "--out", "o"], cwd=tmp_path, env={**env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "o" / "scan_gradient.pt").exists()
+
+
+def test_python_dash_m_fxai_and_debug_in_each_help(capsys):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "fxai", "explain", "--help"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0 and "--debug" in proc.stdout
+    assert "smoothgrad_sq" in proc.stdout and "num_masks" in proc.stdout and "--option" in proc.stdout
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    assert "--debug" in capsys.readouterr().out
+    for argv in (["--debug", "explain", "a.png"], ["explain", "a.png", "--debug"]):
+        assert cli._parser().parse_args(argv).debug      # before or after the subcommand
+    assert not cli._parser().parse_args(["explain", "a.png"]).debug
+
+
+def test_twelve_bit_image_is_scaled_by_its_depth(tmp_path):
+    ramp = np.linspace(0, 4095, 64).round().astype(np.uint16)[None].repeat(4, 0)   # a 12-bit gradient in 16 bits
+    Image.fromarray(ramp).save(tmp_path / "scan.png")
+    floats = (ramp / 4095.0).astype(np.float32)
+    Image.fromarray(floats, mode="F").save(tmp_path / "scan.tiff")
+    Image.fromarray((ramp * 16).astype(np.int32), mode="I").save(tmp_path / "wide.tiff")
+    loaded = loading.load_images([str(tmp_path / n) for n in ("scan.png", "scan.tiff", "wide.tiff")], 3, keep_size=True,
+                                 resize=None)
+    expected = torch.from_numpy(ramp / 4095.0).float().expand(3, 4, 64)
+    (_, twelve), (_, flt), (_, sixteen) = loaded
+    assert torch.allclose(twelve, expected, atol=1e-6, rtol=0) and twelve.max() == 1
+    assert torch.allclose(flt, expected, atol=1e-6, rtol=0)
+    assert torch.allclose(sixteen, torch.from_numpy(ramp * 16 / 65535.0).float().expand(3, 4, 64), atol=1e-6, rtol=0)
+    ((_, one),) = loading.load_images([str(tmp_path / "scan.png")], 1, keep_size=False, resize=(8, 4))
+    assert one.shape == (1, 4, 4) and 0.3 < float(one.mean()) < 0.7      # not saturated at 255
+
+
+def test_options_transforms_and_class_names(files, monkeypatch, capsys):
+    """--option reaches the method, TRANSFORM:METHOD runs the smoothed method, 1000-class weights keep names."""
+    monkeypatch.chdir(files)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), files / "sq.pt")
+    code = cli.main(["explain", "rgb.png", "--model", "squeezenet1_1", "--weights", "sq.pt", "--resize", "40", "32",
+                     "--method", "integrated_gradients,smoothgrad_sq:gradient", "--option", "steps=3",
+                     "--option", "samples=2", "--out", "o5"])
+    out = capsys.readouterr().out
+    assert code == 0
+    from torchvision.models import SqueezeNet1_1_Weights
+    names = SqueezeNet1_1_Weights.DEFAULT.meta["categories"]
+    line = next(ln for ln in out.splitlines() if ln.startswith("rgb.png:"))
+    assert any(f"{c} {names[c]}" in line for c in range(1000))
+    model = torchvision.models.squeezenet1_1()
+    model.load_state_dict(torch.load(files / "sq.pt"))
+    model_fn, params = fxai.functional(model.eval())
+    x = torch.load(files / "o5" / "rgb_integrated_gradients.pt")
+    assert x.shape == (3, 32, 32)
+    sq = torch.load(files / "o5" / "rgb_smoothgrad_sq-gradient.pt")
+    assert sq.shape == (3, 32, 32) and (sq >= 0).all()
+    with Image.open(files / "rgb.png") as img:
+        tf = torchvision.transforms.functional
+        raw = tf.to_tensor(tf.center_crop(tf.resize(img, 40), 32))
+    mean, std = torch.tensor(loading.IMAGENET_MEAN)[:, None, None], torch.tensor(loading.IMAGENET_STD)[:, None, None]
+    xin = ((raw - mean) / std)[None]
+    target = int(model_fn(params, xin).argmax())
+    ig = fxai.integrated_gradients(model_fn, params, xin, target, steps=3)[0]
+    assert torch.allclose(x, ig, rtol=1e-4, atol=1e-6)
+    sq_ref = fxai.smoothgrad_sq(fxai.gradient, samples=2)(model_fn, params, xin, target, key=0)[0]
+    assert torch.allclose(sq, sq_ref, rtol=1e-4, atol=1e-8)

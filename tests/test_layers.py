@@ -204,3 +204,27 @@ def test_fx_tap_compiles_without_graph_breaks(tiny_input):
     compiled = torch.compile(lambda x: fxai.grad_cam(model_fn, params, x, target, layer="layer4"), fullgraph=True,
                              backend="aot_eager")
     torch.testing.assert_close(compiled(tiny_input), eager, rtol=1e-5, atol=1e-6)
+
+
+def test_default_layer_of_token_models():
+    """A ViT's default is the first norm of its last block (what docs/cam.md recommends); Swin keeps `permute`."""
+    import torchvision
+
+    with torch.device("meta"):                          # shapes only
+        x = torch.zeros(1, 3, 224, 224)
+        for build, expected in [(torchvision.models.vit_b_16, "encoder.layers.encoder_layer_11.ln_1"),
+                                (torchvision.models.swin_t, "permute")]:
+            model_fn, params = fxai.functional(build().eval())
+            assert default_layer(model_fn, params, x) == expected
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2, hidden_dim=8,
+                                               mlp_dim=8, num_classes=3).eval()
+    torch.manual_seed(0)
+    torch.nn.init.normal_(vit.heads.head.weight)        # torchvision starts the head at zero: no gradient at all
+    model_fn, params = fxai.functional(vit)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert default_layer(model_fn, params, x) == "encoder.layers.encoder_layer_1.ln_1"
+    default = fxai.grad_cam(model_fn, params, x, torch.tensor([[0, 1, 2]] * 2))
+    explicit = fxai.grad_cam(model_fn, params, x, torch.tensor([[0, 1, 2]] * 2),
+                             layer="encoder.layers.encoder_layer_1.ln_1")
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    assert default.abs().sum() > 0

@@ -77,7 +77,8 @@ def test_grid_and_curves_write_pngs(tmp_path):
     maps = {"a": torch.randn(3, 16, 16, generator=gen), "b": torch.randn(3, 3, 16, 16, generator=gen)}
     masks = torch.rand(3, 16, 16, generator=gen) > 0.7
     fig = viz.grid(images, maps, masks=masks, row_titles=["x", "y", "z"], sign={"b": "all"}, title="t")
-    assert len(fig.axes) == 3 * 4 and [ax.get_title() for ax in fig.axes[:4]] == ["input", "ground truth", "a", "b"]
+    assert len(fig.axes) == 3 * 4 + 2                  # two colour bars: jet for "a", bwr for the signed "b"
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["input", "ground truth", "a", "b"]
     pixels = _png(viz.save(fig, tmp_path / "sub" / "grid.png"))
     assert pixels.shape[0] > 100 and pixels.std() > 10
     x = torch.linspace(0, 1, 5)
@@ -87,8 +88,66 @@ def test_grid_and_curves_write_pngs(tmp_path):
     rgb = viz.overlay(images[0], maps["a"][0])
     saved = _png(viz.save_rgb(rgb, tmp_path / "o.png"))
     assert saved.shape == (16, 16, 3) and np.abs(saved / 255 - rgb).max() <= 0.5 / 255 + 1e-6
-    fig = viz.grid(images, maps, masks=masks, row_titles=["x", "y", "z"], transpose=True)
+    fig = viz.grid(images, maps, masks=masks, row_titles=["x", "y", "z"], transpose=True, colorbar=False)
     assert len(fig.axes) == 4 * 3 and [ax.get_title() for ax in fig.axes[:3]] == ["x", "y", "z"]
     assert [ax.get_ylabel() for ax in fig.axes[::3]] == ["input", "ground truth", "a", "b"]
     with pytest.raises(ValueError, match="rows"):
         viz.grid(images, {"a": maps["a"][:2]})
+
+
+def test_offset_map_is_shown_by_its_variation():
+    """A RISE-like map (a large constant offset plus a small bump) is no uniform wash with origin="min"."""
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    bump = torch.exp(-((yy - 8) ** 2 + (xx - 20) ** 2) / 20)
+    rise_like = 0.00441 + 0.00046 * bump
+    zero = viz.scale_map(rise_like, clip=100)
+    assert zero.min() > 0.9                              # from 0: everything near the top of the scale
+    varied = viz.scale_map(rise_like, clip=100, origin="min")
+    torch.testing.assert_close(varied, (bump - bump.min()) / (bump.max() - bump.min()), rtol=0, atol=2e-4)
+    assert viz.origin_for("cam", "mask") == "min" and viz.origin_for("pixel", "mask") == "zero"
+    assert viz.origin_for("cam", "cam") == "zero"
+    with pytest.raises(ValueError, match="origin must be one of"):
+        viz.scale_map(rise_like, origin="mean")
+
+
+def test_explanation_figure_has_a_colour_bar_in_the_maps_units(tmp_path):
+    image = torch.full((3, 32, 32), 0.5)
+    amap = torch.linspace(0, 2, 32).expand(32, 32).clone()             # 0 ... 2 from left to right
+    fig = viz.explanation(image, amap, title="grad_cam · class 3 (p = 0.900)", sign="positive", clip=100)
+    bar = fig.axes[-1]
+    low, high = sorted(bar.get_ylim())
+    assert (low, high) == pytest.approx((0.0, 2.0)) and "max(a, 0)" in bar.get_ylabel()
+    assert fig._suptitle.get_text().startswith("grad_cam · class 3")
+    fig = viz.explanation(image, 5 + amap, origin="min", clip=100)
+    bar = fig.axes[-1]
+    assert sorted(bar.get_ylim()) == pytest.approx([5.0, 7.0]) and "from its minimum" in bar.get_ylabel()
+    pixels = _png(viz.save(fig, tmp_path / "e.png"))
+    assert pixels.shape[0] >= 300 and pixels.shape[1] >= 600          # panels of 300 px at 100 dpi
+    jet = matplotlib.colormaps["jet"]
+    right = np.asarray(jet(1.0)[:3]) * 0.5 + 0.5 * 0.5                  # the map's right edge blended over gray
+    assert np.abs(pixels.reshape(-1, 3) / 255 - right).sum(1).min() < 0.02
+
+
+def test_grid_wraps_into_rows_of_large_cells(tmp_path):
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    maps = {f"m{k}": torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(k)) for k in range(13)}
+    fig = viz.grid(images, maps, wrap=6, cell=2.4, colorbar=False)
+    assert len(fig.axes) == 2 * 3 * 6                      # 14 panels per image in 3 rows of 6
+    assert [ax.get_title() for ax in fig.axes[6:12]] == [f"m{k}" for k in range(5, 11)]
+    pixels = _png(viz.save(fig, tmp_path / "g.png"))
+    assert pixels.shape[1] >= 6 * 224 and pixels.shape[0] >= 6 * 224 and pixels.shape[1] < 2 * pixels.shape[0]
+
+
+def test_curves_reference_and_distinct_styles():
+    x = torch.linspace(0, 1, 5)
+    data = {f"m{k}": (x, x * k / 30) for k in range(25)} | {"random": (x, 0.5 + 0 * x)}
+    fig = viz.curves(data, reference="random")
+    ax = fig.axes[0]
+    styles = {(line.get_color(), line.get_linestyle()) for line in ax.get_lines()[:25]}
+    assert len(styles) == 25                                # no two methods look alike
+    ref = ax.get_lines()[-1]
+    assert ref.get_label() == "random" and ref.get_color() == "black" and ref.get_linestyle() == "--"
+    legend = ax.get_legend()
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert box.x0 >= ax.get_window_extent().x1               # the legend sits beside the data, not on it

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 
+from .cli_methods import accepted, check_options, help_epilog, parse_methods, parse_options
 from .loading import UsageError
 
 EXIT_ERROR = 2
@@ -31,25 +32,38 @@ def _parser() -> argparse.ArgumentParser:
                                                          "saved there is reused, an interrupted training resumed")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data, the model and randomised methods")
     demo.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: %(default)s)")
-    demo.add_argument("--quick", action="store_true", help="a tiny run of a few seconds (for tests)")
-    demo.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    demo.add_argument("--quick", action="store_true", help="a tiny run of a few seconds with an untrained model (its "
+                                                           "scores mean nothing; for tests); kept as model-quick.pt")
+    demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps `fxai --debug demo`
+                      help="show the full traceback on errors")
 
-    ex = sub.add_parser("explain", help="explain the predictions of a classifier on image files")
-    ex.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size; RGB, grayscale, RGBA, palette)")
+    ex = sub.add_parser("explain", help="explain the predictions of a classifier on image files",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_epilog())
+    ex.add_argument("images", nargs="+", metavar="IMAGE",
+                    help="image files (any size; RGB, grayscale, RGBA, palette; 16-bit and float grayscale are scaled "
+                         "by their bit depth: divided by 2^b - 1 for the smallest of 8, 10, 12, 14, 16 bits that "
+                         "holds the largest value)")
     ex.add_argument("--model", default="resnet18",
-                    help="a torchvision classification model name (e.g. resnet50, vgg16, convnext_tiny) or "
-                         "package.module:factory returning an nn.Module (default: %(default)s)")
+                    help="a torchvision classification model name (e.g. resnet50, vgg16, convnext_tiny), "
+                         "package.module:factory (importable from the current folder) or path/to/file.py:factory "
+                         "returning an nn.Module (default: %(default)s)")
     weights = ex.add_mutually_exclusive_group()
     weights.add_argument("--weights", metavar="FILE", help="a state dict saved with torch.save (or a checkpoint "
                                                            "holding one under 'state_dict' or 'model')")
     weights.add_argument("--pretrained", action="store_true", help="torchvision's default pretrained weights "
                                                                     "(downloaded once to the torch hub cache)")
     ex.add_argument("--method", default=DEFAULT_METHODS,
-                    help="comma-separated methods, or 'all' (default: %(default)s); available: "
-                         + ", ".join(_method_names()))
+                    help="comma-separated methods, 'all', or TRANSFORM:METHOD for a smoothed method (e.g. "
+                         "smoothgrad_sq:gradient) (default: %(default)s); see the lists below")
+    ex.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                    help="a method option, e.g. steps=64, num_masks=4000, window=16,16, samples=25 (repeatable; "
+                         "given to every chosen method that takes it; see the lists below)")
+    ex.add_argument("--chunk-size", type=int, default=64, metavar="N",
+                    help="at most N stacked inputs per forward/backward pass (memory bound; default: %(default)s)")
     ex.add_argument("--target", default="top1", help="a class index, top1 or topK, e.g. top3 (default: %(default)s)")
     ex.add_argument("--layer", help="layer for CAM methods (a dotted module name, e.g. layer4 or features.28); "
-                                    "default: the model's last convolutional block")
+                                    "default: the library's rule (the last spatial map before global pooling; for a "
+                                    "ViT the first norm of the last block)")
     ex.add_argument("--out", default="fxai-explain", help="output folder (default: %(default)s)")
     ex.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: %(default)s)")
     ex.add_argument("--seed", type=int, default=0, help="key of randomised methods (default: %(default)s)")
@@ -59,16 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--keep-size", action="store_true", help="feed images at their own size (only normalised)")
     ex.add_argument("--mean", default=None, help="per-channel mean for normalisation (default: ImageNet's)")
     ex.add_argument("--std", default=None, help="per-channel std for normalisation (default: ImageNet's)")
-    ex.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute", "all"),
-                    help="what the overlays show of pixel maps (default: %(default)s)")
-    ex.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    ex.add_argument("--sign", default="absolute", choices=("positive", "negative", "absolute", "all"),
+                    help="what the pictures show of pixel maps (default: %(default)s, |a| summed over channels); "
+                         "CAMs are shown by their positive part, RISE by its variation above its minimum")
+    ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps `fxai --debug explain`
+                      help="show the full traceback on errors")
     return parser
-
-
-def _method_names() -> list[str]:
-    from .registry import METHODS
-
-    return list(METHODS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,23 +92,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         print("\nStart with `fxai demo` (no arguments needed).")
         return 0
+    out_existed = os.path.exists(args.out)
     try:
         if args.command == "demo":
             return _demo(args)
         return _explain(args)
     except KeyboardInterrupt:
-        print("fxai: interrupted", file=sys.stderr)
+        _drop_if_new_and_empty(args.out, out_existed)
+        print("\nfxai: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - every error becomes one line unless --debug
+        _drop_if_new_and_empty(args.out, out_existed)
         if args.debug:
             raise
         print(f"fxai: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_ERROR
 
 
+def _drop_if_new_and_empty(out: str, existed: bool) -> None:
+    """A failed run leaves no empty output folder behind (one it did not create is kept)."""
+    if not existed and os.path.isdir(out) and not os.listdir(out):
+        os.rmdir(out)
+
+
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
-    if not isinstance(err, (UsageError, ValueError, TypeError, FileNotFoundError, LookupError)):
+    if not isinstance(err, (UsageError, ValueError, TypeError, OSError, LookupError)):
         text = f"{type(err).__name__}: {text} (run with --debug for the traceback)"
     return text if len(text) <= 600 else text[:597] + "..."
 
@@ -126,20 +145,6 @@ def _check_writable(out: str) -> None:
         os.remove(probe)
     except OSError as err:
         raise UsageError(f"output folder {out!r} is not writable: {err.strerror or err}") from None
-
-
-def _parse_methods(text: str) -> list:
-    from .registry import METHODS
-
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if names == ["all"]:
-        return list(METHODS.values())
-    if not names:
-        raise UsageError("--method is empty; give comma-separated names, e.g. gradient,grad_cam")
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise UsageError(f"unknown method {unknown[0]!r} in --method; available: {', '.join(METHODS)}")
-    return [METHODS[n] for n in dict.fromkeys(names)]
 
 
 def _parse_target(text: str):
@@ -180,24 +185,16 @@ def _safe_stem(path: str, used: set) -> str:
     return name
 
 
-def _explain(args) -> int:
-    import torch
+def _file_name(method: str) -> str:
+    return method.replace("(", "-").replace(")", "")
 
-    from . import postprocess, registry, viz
-    from ._core.discovery import resolve_layers
-    from ._core.functional import functional
-    from .loading import (IMAGENET_MEAN, IMAGENET_STD, build_model, classes_in, input_channels, load_images,
-                          load_weights, pretrained, read_weights, resolve_device)
 
-    methods = _parse_methods(args.method)
-    mode, value = _parse_target(args.target)
-    device = resolve_device(args.device)
-    for path in args.images:
-        if not os.path.isfile(path):
-            raise UsageError(f"image file not found: {path}")
-    _check_writable(args.out)
+def _load_model(args, device):
+    """``(module in eval mode on device, class names or None)``."""
+    from .loading import build_model, classes_in, load_weights, pretrained, read_weights
 
     module, weights = build_model(args.model)
+    categories = list(weights.meta.get("categories", ())) if weights is not None else None
     if args.pretrained:
         if weights is None:
             raise UsageError("--pretrained works with torchvision model names; for your own model pass --weights FILE")
@@ -205,12 +202,43 @@ def _explain(args) -> int:
     elif args.weights:
         state = read_weights(args.weights)
         classes = classes_in(module, state)
-        if weights is not None and classes is not None and classes != len(weights.meta.get("categories", ())):
+        if categories is not None and classes is not None and classes != len(categories):
             module, weights = build_model(args.model, classes)   # a torchvision model fine-tuned to other classes
+            categories = None
         load_weights(module, state, args.weights)
-    module = module.to(device).eval()
-    categories = weights.meta.get("categories") if weights is not None and not args.weights else None
+    else:
+        categories = None                                       # random weights: class names would mislead
+    return module.to(device).eval(), categories
 
+
+def _explain(args) -> int:
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from . import postprocess, registry, viz
+    from ._core.discovery import resolve_layers
+    from ._core.functional import functional
+    from .loading import IMAGENET_MEAN, IMAGENET_STD, input_channels, load_images, resolve_device
+
+    if not args.keep_size and min(args.resize) < 1:
+        raise UsageError(f"--resize takes two positive sizes (SHORT_SIDE CROP), got {args.resize[0]} {args.resize[1]}")
+    if args.chunk_size < 1:
+        raise UsageError(f"--chunk-size must be a positive number of inputs, got {args.chunk_size}")
+    settings = parse_options(args.option)
+    methods = parse_methods(args.method, settings)
+    check_options(settings, methods)
+    mode, value = _parse_target(args.target)
+    device = resolve_device(args.device)
+    for path in args.images:
+        if os.path.isdir(path):
+            raise UsageError(f"image {path} is a directory; give image files (e.g. {os.path.join(path, '*.png')})")
+        if not os.path.isfile(path):
+            raise UsageError(f"image file not found: {path}")
+    _check_writable(args.out)
+
+    module, categories = _load_model(args, device)
     channels = input_channels(module)
     mean = torch.tensor(_floats(args.mean, IMAGENET_MEAN, "mean", channels)).view(-1, 1, 1)
     std = torch.tensor(_floats(args.std, IMAGENET_STD, "std", channels)).view(-1, 1, 1)
@@ -225,15 +253,14 @@ def _explain(args) -> int:
             raise UsageError(str(err)) from None
     needs_layer = any(info.layered for info in methods)
 
-    # Images of one size form one batch (all of them, unless --keep-size with mixed sizes).
-    groups: dict[tuple, list[int]] = {}
-    for i, (_, img) in enumerate(images):
-        groups.setdefault(tuple(img.shape), []).append(i)
-    used, rows = set(), {}
-    stems = [_safe_stem(p, used) for p, _ in images]
-    for shape, members in groups.items():
-        raw = torch.stack([images[i][1] for i in members]).to(device)
-        x = (raw - mean.to(device)) / std.to(device)
+    def label(c: int) -> str:
+        return f"{c} {categories[c]}" if categories else f"class {c}"
+
+    used, rows, seconds = set(), {}, dict.fromkeys([m.name for m in methods], 0.0)
+    bar = tqdm(total=len(images) * len(methods), unit="map", dynamic_ncols=True, disable=None)
+    for i, (path, raw) in enumerate(images):
+        stem = _safe_stem(path, used)
+        x = ((raw.to(device) - mean.to(device)) / std.to(device))[None]
         with torch.no_grad():
             logits = model_fn(params, x)
         if logits.ndim != 2:
@@ -244,45 +271,61 @@ def _explain(args) -> int:
             raise UsageError(f"--target {value} is out of range: the model has {classes} classes (0 to {classes - 1})")
         if mode == "top" and value > classes:
             raise UsageError(f"--target top{value} asks for more classes than the model has ({classes})")
-        probs = logits.softmax(-1)
-        top = probs.topk(min(5, classes), dim=-1)
-        for row, i in enumerate(members):
-            shown = ", ".join(f"{int(c)} {categories[int(c)] if categories else ''}".rstrip() + f" ({float(p):.3f})"
-                              for p, c in zip(top.values[row], top.indices[row]))
-            print(f"{images[i][0]}: {shown}")
-        target = (torch.full((len(members),), value, dtype=torch.long, device=device) if mode == "index"
-                  else logits.topk(value, dim=-1).indices if value > 1 else logits.argmax(-1))
+        probs = logits.softmax(-1)[0]
+        top = probs.topk(min(5, classes))
+        bar.write(f"{path}: " + ", ".join(f"{label(int(c))} ({float(p):.3f})" for p, c in zip(top.values, top.indices)))
+        picked = [value] if mode == "index" else [int(c) for c in logits[0].topk(value).indices]
+        target = torch.tensor([picked], device=device) if len(picked) > 1 else torch.tensor(picked, device=device)
         if needs_layer and layer is None:
             (layer,) = resolve_layers(model_fn, None, params=params, x=x)
-            print(f"CAM layer: {layer} (choose another with --layer)")
+            kind = type(dict(module.named_modules())[layer]).__name__
+            bar.write(f"CAM layer: {layer!r} ({kind}; choose another with --layer)")
         references = torch.randn(8, *x.shape[1:], generator=torch.Generator().manual_seed(args.seed)).to(x)
         for info in methods:
-            options = registry.options(info, size=shape[-2:], layer=layer, key=args.seed, references=references,
-                                       chunk_size=64)
+            bar.set_description(f"{stem}: {info.name}")
+            options = registry.options(info, size=x.shape[-2:], layer=layer, key=args.seed, references=references,
+                                       chunk_size=args.chunk_size)
+            takes = accepted(info)
+            options.update({k: v for k, v in settings.items() if k in takes and not (
+                "options" in info.parameters and k in ("samples", "sigma"))})
+            start = time.perf_counter()
             try:
                 amap = info.fn(model_fn, params, x, target, **options).detach()
             except (ValueError, TypeError) as err:
                 raise UsageError(f"{info.name}: {' '.join(str(err).split())}") from None
+            seconds[info.name] += time.perf_counter() - start
             sign = args.sign if info.kind == "pixel" else "positive"
-            heat = postprocess.heatmap(amap, kind=info.kind, reduce="abs_sum" if args.sign == "absolute" else "sum",
-                                       size=shape[-2:]).cpu()
-            multi = target.ndim == 2
-            for row, i in enumerate(members):
-                torch.save(amap[row].cpu().clone(), os.path.join(args.out, f"{stems[i]}_{info.name}.pt"))
-                for k in range(target.shape[1] if multi else 1):
-                    cls = int(target[row, k]) if multi else int(target[row])
-                    h = heat[row, k] if multi else heat[row]
-                    rgb = viz.overlay(raw[row].cpu(), h, sign=sign)
-                    suffix = f"_c{cls}" if multi else ""
-                    viz.save_rgb(rgb, os.path.join(args.out, f"{stems[i]}_{info.name}{suffix}.png"))
-                    rows.setdefault((i, cls), {})[info.name] = (h, sign)
+            origin = viz.origin_for(info.kind, info.family)
+            heat = postprocess.heatmap(amap, kind=info.kind, reduce="abs_sum" if sign == "absolute" else "sum",
+                                       size=x.shape[-2:]).cpu()
+            torch.save(amap[0].cpu().clone(), os.path.join(args.out, f"{stem}_{_file_name(info.name)}.pt"))
+            for k, cls in enumerate(picked):
+                h = heat[0, k] if len(picked) > 1 else heat[0]
+                suffix = f"_c{cls}" if len(picked) > 1 else ""
+                title = f"{info.name} · {label(cls)} (p = {float(probs[cls]):.3f})\n{os.path.basename(path)}"
+                fig = viz.explanation(raw, h, title=title, sign=sign, origin=origin)
+                viz.save(fig, os.path.join(args.out, f"{stem}_{_file_name(info.name)}{suffix}.png"))
+                rows.setdefault((i, stem, cls), {})[info.name] = (h, sign, origin)
+            bar.update(1)
+    bar.close()
     names = [info.name for info in methods]
-    fig = viz.grid([images[i][1] for i, _ in rows], {n: [r[n][0] for r in rows.values()] for n in names},
-                   row_titles=[f"{stems[i]}\nclass {cls}" for i, cls in rows],
-                   sign={n: next(iter(rows.values()))[n][1] for n in names}, cell=1.9)
+    first = next(iter(rows.values()))
+    fig = viz.grid([images[i][1] for i, _, _ in rows], {n: [r[n][0] for r in rows.values()] for n in names},
+                   row_titles=[f"{stem}\n{label(cls)}" for _, stem, cls in rows],
+                   sign={n: first[n][1] for n in names}, origin={n: first[n][2] for n in names}, cell=2.4, wrap=6,
+                   title=f"pixel maps: {_SIGN_TEXT[args.sign]}; CAMs: positive part; RISE: above its minimum")
     viz.save(fig, os.path.join(args.out, "grid.png"))
-    print(f"wrote {len(rows) * len(names)} overlays, raw maps (.pt) and grid.png to {args.out}")
+    width = max(len(n) for n in names)
+    print("time per method (all images):")
+    for name in names:
+        print(f"  {name:<{width}}  {seconds[name]:8.2f} s")
+    print(f"wrote {len(rows) * len(names)} pictures, {len(images) * len(names)} raw maps (.pt) and grid.png to "
+          f"{args.out}")
     return 0
+
+
+_SIGN_TEXT = {"positive": "positive part of the channel sum", "negative": "negative part of the channel sum",
+              "absolute": "|a| summed over channels", "all": "channel sum, signed"}
 
 
 if __name__ == "__main__":

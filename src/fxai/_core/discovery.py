@@ -42,10 +42,28 @@ def default_layer(model_fn, params, x: torch.Tensor) -> str:
         elif isinstance(out, torch.Tensor) and out.ndim == 3:
             tokens_after = True
     if best is None or tokens_after:
+        best = _before_last_attention(events, calls)
+    if best is None:
         raise ValueError("layer=None: found no module returning a spatial map [B, C, h, w] before global pooling "
                          "(a token model such as a ViT?); pass layer= explicitly, e.g. the first norm of the last "
                          "block, 'encoder.layers.encoder_layer_11.ln_1' for torchvision's vit_b_16")
     return best
+
+
+def _before_last_attention(events, calls) -> str | None:
+    """The last ``[B, T, D]`` module of the last attention's block that finishes before the attention does."""
+    attention = [i for i, (_, mod, _) in enumerate(events)
+                 if isinstance(mod, nn.MultiheadAttention) or type(mod).__name__.endswith("Attention")]
+    if not attention:
+        return None
+    name = events[attention[-1]][0]
+    block = name.rpartition(".")[0]
+    for other, _, out in reversed(events[:attention[-1]]):
+        inside = other.startswith(block + ".") if block else True
+        if inside and not other.startswith(name + ".") and isinstance(out, torch.Tensor) and out.ndim == 3 \
+                and calls[other] == 1:
+            return other
+    return None
 
 
 @torch.compiler.disable  # a discovery step that returns Python data: run eagerly, also inside torch.compile
