@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .attribution import cam as _cam
+from .attribution import deeplift as _deeplift
 from .attribution import gradient as _gradient
 from .attribution import guided as _guided
 from .attribution import integrated as _integrated
@@ -30,6 +31,8 @@ _ALL = [
     MethodInfo("input_x_gradient", _gradient.input_x_gradient),
     MethodInfo("integrated_gradients", _integrated.integrated_gradients),
     MethodInfo("expected_gradients", _integrated.expected_gradients, randomised=True, needs=("references",)),
+    MethodInfo("deeplift", _deeplift.deeplift),
+    MethodInfo("deeplift_shap", _deeplift.deeplift_shap, needs=("references",)),
     MethodInfo("guided_backprop", _guided.guided_backprop),
     MethodInfo("deconvnet", _guided.deconvnet),
     MethodInfo("cam", _cam.cam, kind="cam", layered=True),

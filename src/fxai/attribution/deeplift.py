@@ -46,7 +46,9 @@ def _matcher(n_ref: int, n_live: int, index):
 
 
 def _rows_for(t: torch.Tensor, n_live: int, index):
-    return t.expand(n_live, *t.shape[1:]) if t.shape[0] == 1 else t.index_select(0, index)
+    if index is None:
+        return t if t.shape[0] == n_live else t.expand(n_live, *t.shape[1:])
+    return t.index_select(0, index)
 
 
 def deeplift_rows(model_fn, params, xs, refs, per: int, target: Target, *, rule: str, eps: float,
