@@ -106,7 +106,22 @@ GELU = _elementwise("gelu", _gelu, _gelu_derivative, (F.gelu, aten.gelu.default)
 SILU = _elementwise("silu", F.silu, _silu_derivative, (F.silu, torch._C._nn.silu, aten.silu.default),
                     (torch._C._nn.silu_, aten.silu_.default))
 
-ELEMENTWISE = (RELU, LEAKY_RELU, ELU, SIGMOID, TANH, SOFTPLUS, GELU, SILU)
+HARDTANH = _elementwise(
+    "hardtanh", lambda x, min_val=-1.0, max_val=1.0: x.clamp(min_val, max_val),
+    lambda x, min_val=-1.0, max_val=1.0: ((x > min_val) & (x < max_val)).to(x.dtype),
+    (F.hardtanh, torch._C._nn.hardtanh, aten.hardtanh.default), (F.hardtanh_, aten.hardtanh_.default),
+    min_val=-1.0, max_val=1.0)
+RELU6 = _elementwise("relu6", lambda x: x.clamp(0, 6), lambda x: ((x > 0) & (x < 6)).to(x.dtype), (F.relu6,))
+HARDSIGMOID = _elementwise(
+    "hardsigmoid", F.hardsigmoid, lambda x: ((x > -3) & (x < 3)).to(x.dtype) / 6,
+    (F.hardsigmoid, torch._C._nn.hardsigmoid, aten.hardsigmoid.default),
+    (torch._C._nn.hardsigmoid_, aten.hardsigmoid_.default))
+HARDSWISH = _elementwise(
+    "hardswish", F.hardswish, lambda x: torch.where(x < -3, 0.0, torch.where(x > 3, 1.0, x / 3 + 0.5)).to(x.dtype),
+    (F.hardswish, torch._C._nn.hardswish, aten.hardswish.default),
+    (torch._C._nn.hardswish_, aten.hardswish_.default))
+
+ELEMENTWISE = (RELU, LEAKY_RELU, ELU, SIGMOID, TANH, SOFTPLUS, GELU, SILU, HARDTANH, RELU6, HARDSIGMOID, HARDSWISH)
 
 
 def _bind_max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):

@@ -112,7 +112,7 @@ def _error(attribution, fx, fr, lead: int):
 
 
 def deeplift(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, baseline=0.0,
-             rule: str = "rescale", eps: float = 1e-6, chunk_size: int | None = None,
+             rule: str = "rescale", eps: float = 1e-10, chunk_size: int | None = None,
              return_error: bool = False):
     r"""DeepLIFT: multipliers from the baseline to the input, times the difference.
 
@@ -124,8 +124,9 @@ def deeplift(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, ba
     reference input :math:`z'` (the same op in the baseline's pass, matched by call
     order, so a module called twice gets two multipliers):
 
-    - ReLU, LeakyReLU, ELU, sigmoid, tanh, softplus, GELU, SiLU (modules, functional
-      calls, tensor methods, in place): Rescale :math:`(f(z) - f(z'))/(z - z')`,
+    - ReLU, LeakyReLU, ELU, sigmoid, tanh, softplus, GELU, SiLU, hardtanh, ReLU6,
+      hardsigmoid, hardswish (modules, functional calls, tensor methods, in place):
+      Rescale :math:`(f(z) - f(z'))/(z - z')`,
       the derivative :math:`f'(z)` where :math:`|z - z'| <` ``eps``;
       with ``rule="reveal_cancel"``, RevealCancel where the input comes from a
       linear or conv layer (through an eval-mode BatchNorm or not).
@@ -142,7 +143,9 @@ def deeplift(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, ba
             (one for the batch or one per input) or a callable ``x -> baseline``;
             zeros by default, as in Captum.
         rule: ``"rescale"`` or ``"reveal_cancel"``.
-        eps: :math:`|\Delta|` below which a rule falls back to the gradient.
+        eps: :math:`|\Delta|` below which a rule falls back to the gradient (Captum's
+            default; contributions :math:`m\Delta` stay accurate for any tiny
+            :math:`\Delta`, so a small ``eps`` keeps completeness).
         chunk_size: at most this many inputs per pass.
         return_error: also return the completeness error
             :math:`\sum\phi - (f_c(x) - f_c(x'))`, shape ``[B]`` (or ``[B, K]``).
@@ -170,7 +173,7 @@ def deeplift(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, ba
 
 def deeplift_shap(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, references: torch.Tensor,
                   samples: int | None = None, key: keys.Key | None = None, rule: str = "rescale",
-                  eps: float = 1e-6, chunk_size: int | None = None, return_error: bool = False):
+                  eps: float = 1e-10, chunk_size: int | None = None, return_error: bool = False):
     r"""DeepLiftShap: DeepLIFT averaged over a set of references.
 
     .. math:: \phi(x) = \frac1R \sum_{r=1}^R m(x, x'_r) \odot (x - x'_r),\qquad
