@@ -146,7 +146,7 @@ def test_derivatives_match_autograd(op):
     options = {"approximate": "tanh"} if op.name == "gelu" else {}
     for opts in ({}, options):
         auto = torch.func.vmap(torch.func.grad(lambda t: op.compute(t, **opts)))(z)
-        close(op.derivative(z, **opts), auto, rtol=1e-12)
+        close(op.derivative(z, **opts), auto, rtol=1e-7 if op.name == "hardsigmoid" else 1e-12)  # torch: 1/6 in float32
 
 
 def test_gradient_where_the_difference_vanishes():
