@@ -6,6 +6,7 @@ whose forward is the op itself and whose backward passes multipliers
 :math:`m` with :math:`\sum_i m_i\,\Delta x_i = \Delta y` (summation to delta);
 linear ops keep their gradient, which already has that property. Backwards
 are written in torch ops on the saved inputs, so the maps stay differentiable.
+A reference shared by a batch comes as one row and broadcasts.
 
 :func:`replay_rules` gives the rules by op name for
 :class:`fxai._core.engine.Replayer`.
@@ -115,7 +116,7 @@ class MaxPool(torch.autograd.Function):
         top = torch.maximum(y, y_ref)
         zero = torch.zeros_like(_flat(z))
         routed = (zero.scatter_add(-1, _flat(at), _flat(grad * (top - y_ref)))
-                  .scatter_add(-1, _flat(at_ref), _flat(grad * (y - top))))
+                  .scatter_add(-1, _flat(at_ref).expand_as(_flat(at)), _flat(grad * (y - top))))
         plain = zero.scatter_add(-1, _flat(at), _flat(grad))
         delta = _flat(z - ref)
         small = delta.abs() < ctx.eps

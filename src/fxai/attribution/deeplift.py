@@ -34,13 +34,14 @@ def _references(baseline, x: torch.Tensor) -> torch.Tensor:
 
 
 def _matcher(n_ref: int, n_live: int, index):
-    """Adapt a recorded reference operand to the live one: as is, or its rows repeated for the live rows."""
+    """Adapt a recorded reference operand to the live one: as is, or its rows repeated for the live rows
+    (one shared row stays one row: the rules broadcast it, so a shared baseline costs one row's work)."""
     def match(ref, live):
         if ref.shape == live.shape:
             return ref
         if ref.ndim == live.ndim and ref.shape[0] == n_ref and live.shape[0] == n_live and \
                 ref.shape[1:] == live.shape[1:]:
-            return ref.expand_as(live) if n_ref == 1 else ref.index_select(0, index.to(ref.device))
+            return ref if n_ref == 1 else ref.index_select(0, index.to(ref.device))
         return None
     return match
 
