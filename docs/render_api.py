@@ -18,6 +18,7 @@ SECTIONS = [
     ("Models as pure functions", ["functional", "FunctionalModel"]),
     ("Gradient methods", ["gradient", "input_x_gradient", "integrated_gradients", "path_rule", "expected_gradients"]),
     ("Backward rules", ["guided_backprop", "deconvnet", "with_relu_rule", "relu_rule"]),
+    ("DeepLIFT", ["deeplift", "deeplift_shap"]),
     ("Transforms (ensembles over noisy inputs)", ["smoothgrad", "smoothgrad_sq", "vargrad"]),
     ("CAM family", ["cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam", "eigen_cam",
                     "eigen_grad_cam", "full_grad", "guided_grad_cam"]),

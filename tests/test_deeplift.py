@@ -504,3 +504,15 @@ def test_torchvision_models_complete(name):
     ref = torch.randn(1, 3, 32, 32, dtype=torch.float64) * 0.1
     amap, err = fxai.deeplift(model_fn, params, x, 1, baseline=ref, return_error=True)
     assert (err.abs() < 1e-10 * amap.abs().flatten(1).sum(1)).all(), err
+
+
+@pytest.mark.parametrize("fn", [fxai.deeplift, fxai.deeplift_shap])
+def test_docstring_examples_run(fn):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model_fn, params = fxai.functional(torchvision.models.resnet18(num_classes=5).eval())
+    namespace = {"fxai": fxai, "torch": torch, "model_fn": model_fn, "params": params, "x": torch.randn(2, 3, 32, 32)}
+    lines = [line.strip()[4:] for line in fn.__doc__.splitlines() if line.strip().startswith(">>> ")]
+    assert lines
+    for line in lines:
+        exec(line, namespace)
