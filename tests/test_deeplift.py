@@ -516,3 +516,25 @@ def test_docstring_examples_run(fn):
     assert lines
     for line in lines:
         exec(line, namespace)
+
+
+def test_reveal_cancel_differentiable_and_k_targets(tiny_cnn, tiny_input):
+    model_fn, params = fxai.functional(tiny_cnn.double())
+    x = tiny_input[:2].double()
+    names = {k for k, _ in tiny_cnn.named_parameters()}
+    fixed = {k: v for k, v in params.items() if k not in names}
+    free = {k: params[k] for k in names}
+
+    def loss(p):
+        return fxai.deeplift(model_fn, {**p, **fixed}, x, 1, rule="reveal_cancel", baseline=0.1).square().sum()
+
+    grads = torch.func.grad(loss)(free)
+    leaves = {k: v.clone().requires_grad_() for k, v in free.items()}
+    auto = torch.autograd.grad(loss(leaves), list(leaves.values()), allow_unused=True)  # fc.bias: unused
+    auto = [torch.zeros_like(g) if a is None else a for g, a in zip(grads.values(), auto)]
+    for g, a in zip(grads.values(), auto):
+        close(g, a, rtol=1e-9)
+    assert sum(float(g.abs().sum()) for g in auto) > 0
+    both = fxai.deeplift(model_fn, params, x, torch.tensor([[1, 3], [0, 2]]), rule="reveal_cancel", baseline=0.1)
+    close(both[:, 1], fxai.deeplift(model_fn, params, x, torch.tensor([3, 2]), rule="reveal_cancel", baseline=0.1),
+          rtol=1e-10)
