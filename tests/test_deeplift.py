@@ -538,3 +538,9 @@ def test_reveal_cancel_differentiable_and_k_targets(tiny_cnn, tiny_input):
     both = fxai.deeplift(model_fn, params, x, torch.tensor([[1, 3], [0, 2]]), rule="reveal_cancel", baseline=0.1)
     close(both[:, 1], fxai.deeplift(model_fn, params, x, torch.tensor([3, 2]), rule="reveal_cancel", baseline=0.1),
           rtol=1e-10)
+
+
+def test_product_with_a_mask_is_linear():
+    x = torch.tensor([[3.0, -2.0, 1.0]], dtype=torch.float64)
+    got = run(lambda m, x: (torch.tanh(x) * (x > 0)).sum(1), x)
+    close(got, [[math.tanh(3.0), 0.0, math.tanh(1.0)]], rtol=1e-12)

@@ -147,8 +147,9 @@ MAX_POOL2D_WITH_INDICES = Op("max_pool2d", _bind_max_pool_with_indices, max_pool
 
 
 def _bind_mul(a, b, *, out=None):
-    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or out is not None:
-        return None  # a product with a number is linear
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or out is not None \
+            or not (a.is_floating_point() and b.is_floating_point()):
+        return None  # a product with a number or a mask is linear
     return (a, b), {}, False
 
 
