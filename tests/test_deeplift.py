@@ -254,8 +254,9 @@ def test_reveal_cancel_by_hand():
 
 
 class ConvBN(nn.Module):
-    def __init__(self, bn: bool):
+    def __init__(self, bn: bool, inplace: bool = False):
         super().__init__()
+        self.relu = nn.ReLU(inplace=inplace)
         g = torch.Generator().manual_seed(0)
         self.conv = nn.Conv2d(2, 3, 3, padding=1).double()
         self.bn = nn.BatchNorm2d(3).double().eval() if bn else nn.Identity()
@@ -269,12 +270,13 @@ class ConvBN(nn.Module):
         self.fc = nn.Linear(3 * 16, 2).double()
 
     def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+        return self.fc(self.relu(self.bn(self.conv(x))).flatten(1))
 
 
-def test_reveal_cancel_through_batch_norm_equals_the_folded_conv():
-    model = ConvBN(True)
-    folded = ConvBN(False)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_reveal_cancel_through_batch_norm_equals_the_folded_conv(inplace):
+    model = ConvBN(True, inplace)
+    folded = ConvBN(False, inplace)
     with torch.no_grad():  # BatchNorm folded into the convolution
         s = model.bn.weight / torch.sqrt(model.bn.running_var + model.bn.eps)
         folded.conv.weight.copy_(model.conv.weight * s.view(-1, 1, 1, 1))
@@ -544,3 +546,15 @@ def test_product_with_a_mask_is_linear():
     x = torch.tensor([[3.0, -2.0, 1.0]], dtype=torch.float64)
     got = run(lambda m, x: (torch.tanh(x) * (x > 0)).sum(1), x)
     close(got, [[math.tanh(3.0), 0.0, math.tanh(1.0)]], rtol=1e-12)
+
+
+def test_first_order_path_equals_the_differentiable_one(tiny_cnn, tiny_input):
+    # Plain calls take the first-order Rescale (multipliers computed in the forward, in-place ops not copied);
+    # params that require grad take the twice-differentiable one.
+    model_fn, params = fxai.functional(tiny_cnn.double())
+    x = tiny_input.double()
+    quick = fxai.deeplift(model_fn, params, x, 3, baseline=0.2)
+    graph = fxai.deeplift(model_fn, {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in params.items()},
+                          x, 3, baseline=0.2)
+    assert graph.requires_grad and not quick.requires_grad
+    close(quick, graph.detach(), rtol=1e-12)

@@ -51,11 +51,13 @@ class Intercept(TorchFunctionMode):
 
     ``copy_inplace``: an in-place call passes a copy of its first operand to the
     rule (for rules that keep their inputs for the backward, since the operand
-    is overwritten by the result). ``observe(func, args, kwargs)``, if given, sees
+    is overwritten by the result); a callable ``copy_inplace(op, operand)`` returns
+    the tensor to pass instead. ``observe(func, args, kwargs)``, if given, sees
     every other call before it runs.
     """
 
-    def __init__(self, rules: Mapping[Op, Callable], *, copy_inplace: bool = False, observe: Callable | None = None):
+    def __init__(self, rules: Mapping[Op, Callable], *, copy_inplace: bool | Callable = False,
+                 observe: Callable | None = None):
         super().__init__()
         self.table = {}
         for op, rule in rules.items():
@@ -76,7 +78,9 @@ class Intercept(TorchFunctionMode):
         if not (inplace or flag):
             return rule(op, operands, options)
         dest = operands[0]
-        if self.copy_inplace:
+        if callable(self.copy_inplace):
+            operands = (self.copy_inplace(op, dest),) + tuple(operands[1:])
+        elif self.copy_inplace:
             operands = (dest.clone(),) + tuple(operands[1:])
         return dest.copy_(rule(op, operands, options))
 

@@ -54,6 +54,33 @@ class Rescale(torch.autograd.Function):
         return grad * secant(ctx.op, z, ref, ctx.options, ctx.eps), None, None, None, None
 
 
+def fast_secant(op, z, ref, options, eps):
+    """:func:`secant` in fewer passes over memory, for first-order use only (no graph)."""
+    delta = z - ref
+    m = op.compute(z, **options)
+    m -= op.compute(ref, **options)
+    m /= delta
+    small = delta.abs_() < eps
+    if bool(small.any()):
+        m = torch.where(small, op.derivative(z, **options).to(m.dtype), m)
+    return m
+
+
+class QuietRescale(torch.autograd.Function):
+    """:class:`Rescale` for first-order use: the multiplier is computed in the forward and saved alone, so the
+    op's input may be overwritten in place afterwards. Not differentiable twice, not for ``torch.func``."""
+
+    @staticmethod
+    def forward(ctx, z, ref, op, options, eps):
+        ctx.save_for_backward(fast_secant(op, z, ref, options, eps))
+        return op.compute(z, **options)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (m,) = ctx.saved_tensors
+        return grad * m, None, None, None, None
+
+
 class RevealCancel(torch.autograd.Function):
     r"""The RevealCancel rule for ``y = f(z)`` with ``z - z' = Δ⁺ + Δ⁻`` split into positive and negative terms.
 
@@ -236,17 +263,20 @@ def _linear_rule(signs: Signs):
     return rule
 
 
-def replay_rules(rule: str, eps: float, signs: Signs | None = None) -> dict:
+def replay_rules(rule: str, eps: float, signs: Signs | None = None, *, quiet: bool = False) -> dict:
     """DeepLIFT's rules by op name, ``rule(op, operands, references, options) -> output``.
 
     ``rule`` is ``"rescale"`` or ``"reveal_cancel"`` (which needs ``signs``, and the linear ops intercepted).
+    ``quiet``: the multipliers are needed to first order only, outside ``torch.func`` transforms.
     """
+    rescale = QuietRescale if quiet else Rescale
+
     def elementwise(op, operands, refs, options):
         (z,), (ref,) = operands, refs
         parts = None if signs is None else signs.get(z)
         if parts is not None:
             return RevealCancel.apply(z, *parts, ref, op, options, eps)
-        return Rescale.apply(z, ref, op, options, eps)
+        return rescale.apply(z, ref, op, options, eps)
 
     def max_pool(op, operands, refs, options):
         out = MaxPool.apply(operands[0], refs[0], options, eps)
@@ -265,6 +295,21 @@ def replay_rules(rule: str, eps: float, signs: Signs | None = None) -> dict:
     if rule == "reveal_cancel":
         rules.update({op.name: _linear_rule(signs) for op in O.LINEAR_OPS})
     return rules
+
+
+def inplace_copier(quiet: bool, signs: Signs | None):
+    """What an in-place op hands its rule (see :class:`fxai._core.engine.Intercept`): a copy of the operand, which
+    keeps RevealCancel's parts; the operand itself for the quiet Rescale rule, which saves no input."""
+    elementwise = set(O.ELEMENTWISE)
+
+    def copy(op, operand):
+        if quiet and signs is None and op in elementwise:
+            return operand
+        out = operand.clone()
+        if signs is not None and (parts := signs.get(operand)) is not None:
+            signs.put(out, *parts)
+        return out
+    return copy
 
 
 NONLINEAR_OPS = (*O.ELEMENTWISE, O.MAX_POOL2D, O.MAX_POOL2D_WITH_INDICES, O.MUL, O.SOFTMAX, O.LOG_SOFTMAX)

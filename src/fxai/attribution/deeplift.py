@@ -10,7 +10,7 @@ from .._core import keys
 from .._core.batching import needs_graph, plain_autograd, row_chunks, score_gradients
 from .._core.checks import check_choice, check_input, check_positive_int
 from .._core.engine import Intercept, Recorder, Replayer
-from .._core.multipliers import Signs, intercepted_ops, replay_rules
+from .._core.multipliers import Signs, inplace_copier, intercepted_ops, replay_rules
 from .._core.targets import Target, TargetLike, as_target, check_logits
 
 RULES = ("rescale", "reveal_cancel")
@@ -61,7 +61,8 @@ def deeplift_rows(model_fn, params, xs, refs, per: int, target: Target, *, rule:
     (``[N, ...]`` or ``[N, K, ...]``), and with ``scores`` also ``(f(x), f(reference))`` per row.
     """
     ops = intercepted_ops(rule)
-    quiet = plain_autograd() and not needs_graph(params, xs, refs)
+    # first order on torch.autograd (one target per row, no graph kept): the rules may skip the second-order path
+    quiet = plain_autograd() and not needs_graph(params, xs, refs) and not target.multi
     parts, fx_parts, fr_parts = [], [], []
     for a, b in row_chunks(xs.shape[0], chunk_size, target.group):
         lo, hi = a // per, (b - 1) // per + 1
@@ -72,12 +73,13 @@ def deeplift_rows(model_fn, params, xs, refs, per: int, target: Target, *, rule:
             ref_logits = model_fn(params, refs[lo:hi].clone())  # a copy: the model may write into its input
         check_logits(ref_logits, refs[lo:hi])
         signs = Signs() if rule == "reveal_cancel" else None
-        replayer = Replayer(recorder.calls, replay_rules(rule, eps, signs), _matcher(hi - lo, b - a, index),
-                            what="DeepLIFT's input pass and reference pass")
+        replayer = Replayer(recorder.calls, replay_rules(rule, eps, signs, quiet=quiet),
+                            _matcher(hi - lo, b - a, index), what="DeepLIFT's input pass and reference pass")
         observe = None if signs is None else signs.observe
+        copy = inplace_copier(quiet, signs)
 
-        def score(rows, a=a, replayer=replayer, observe=observe):
-            with Intercept(dict.fromkeys(ops, replayer), copy_inplace=True, observe=observe):
+        def score(rows, a=a, replayer=replayer, observe=observe, copy=copy):
+            with Intercept(dict.fromkeys(ops, replayer), copy_inplace=copy, observe=observe):
                 logits = model_fn(params, rows)
             replayer.finish()
             check_logits(logits, rows)
