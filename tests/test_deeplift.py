@@ -559,3 +559,30 @@ def test_first_order_path_equals_the_differentiable_one(tiny_cnn, tiny_input):
                           x, 3, baseline=0.2)
     assert graph.requires_grad and not quick.requires_grad
     close(quick, graph.detach(), rtol=1e-12)
+
+
+class Residual(nn.Module):
+    """linear, then ``h += x`` (or ``h[:] = h + x``) written into the linear layer's output, then ReLU."""
+
+    def __init__(self, how):
+        super().__init__()
+        torch.manual_seed(3)
+        self.lin, self.out, self.how = nn.Linear(4, 4).double(), nn.Linear(4, 2).double(), how
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.how == "iadd":
+            h += x
+        else:
+            h[:] = h + x
+        return self.out(torch.relu(h))
+
+
+@pytest.mark.parametrize("how", ["iadd", "setitem"])
+def test_reveal_cancel_forgets_parts_written_over(how):
+    # The ReLU's input is no longer the linear layer's output: RevealCancel must not use the layer's parts.
+    x, base = torch.randn(3, 4, dtype=torch.float64) * 2, torch.randn(3, 4, dtype=torch.float64)
+    model_fn, params = fxai.functional(Residual(how))
+    rc, err = fxai.deeplift(model_fn, params, x, 0, baseline=base, rule="reveal_cancel", return_error=True)
+    assert err.abs().max() < 1e-12
+    close(rc, fxai.deeplift(model_fn, params, x, 0, baseline=base), rtol=1e-12)  # Rescale there

@@ -208,6 +208,6 @@ LINEAR_OPS = (LINEAR, CONV1D, CONV2D, CONV3D, BATCH_NORM)
 
 
 def is_inplace(func) -> bool:
-    """Whether a torch function writes into its first argument (``add_``, ``__iadd__``, ``copy_``...)."""
+    """Whether a torch function writes into its first argument (``add_``, ``__iadd__``, ``copy_``, ``x[i] = v``)."""
     name = getattr(func, "__name__", "")
-    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
+    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i") or name == "__setitem__"
