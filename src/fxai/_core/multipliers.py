@@ -54,11 +54,10 @@ class Rescale(torch.autograd.Function):
         return grad * secant(ctx.op, z, ref, ctx.options, ctx.eps), None, None, None, None
 
 
-def fast_secant(op, z, ref, options, eps):
-    """:func:`secant` in fewer passes over memory, for first-order use only (no graph)."""
+def fast_secant(op, z, out, ref, options, eps):
+    """:func:`secant` from the op's output ``out = f(z)``, in fewer passes over memory; first order only (no graph)."""
     delta = z - ref
-    m = op.compute(z, **options)
-    m -= op.compute(ref, **options)
+    m = out - op.compute(ref, **options)
     m /= delta
     small = delta.abs_() < eps
     if bool(small.any()):
@@ -72,8 +71,9 @@ class QuietRescale(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, ref, op, options, eps):
-        ctx.save_for_backward(fast_secant(op, z, ref, options, eps))
-        return op.compute(z, **options)
+        out = op.compute(z, **options)
+        ctx.save_for_backward(fast_secant(op, z, out, ref, options, eps))
+        return out
 
     @staticmethod
     def backward(ctx, grad):
