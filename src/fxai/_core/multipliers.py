@@ -59,9 +59,9 @@ def fast_secant(op, z, out, ref, options, eps):
     delta = z - ref
     m = out - op.compute(ref, **options)
     m /= delta
-    small = delta.abs_() < eps
-    if bool(small.any()):
-        m = torch.where(small, op.derivative(z, **options).to(m.dtype), m)
+    size = delta.abs_()
+    if size.numel() and bool(size.amin() < eps):  # rare: a unit the input does not move
+        m = torch.where(size < eps, op.derivative(z, **options).to(m.dtype), m)
     return m
 
 
