@@ -7,8 +7,8 @@ Cases (batch B = 2, 224×224, random weights, eval mode, Rescale rule):
 
 Captum's hooks refuse torchvision's ResNet (each block calls its one ``nn.ReLU``
 twice), so Captum runs on a copy whose blocks have a second ``nn.ReLU`` for the
-second call, the change a Captum user has to make; its numbers still differ
-from fxai's where its max-pool rule is incomplete (see docs/deeplift.md).
+second call, the change a Captum user has to make; its DeepLiftShap maps still
+differ from fxai's, where its max-pool rule is incomplete (see docs/deeplift.md).
 
 The floor is one forward and one input-gradient backward (``torch.autograd.grad``)
 over the rows the method explains (B for DeepLIFT, R·B for DeepLiftShap): the
@@ -31,7 +31,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 import types
 import warnings
 

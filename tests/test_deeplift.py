@@ -494,7 +494,8 @@ def test_resnet_complete_where_captum_breaks():
 @pytest.mark.parametrize("name", ["vgg11", "densenet121", "mobilenet_v3_small", "efficientnet_b0"])
 def test_torchvision_models_complete(name):
     # float64, random weights; the error against the size of the contributions (these randomly
-    # initialised networks barely change their output). VGG's 25088 x 4096 head swapped for a small one to keep the test light)
+    # initialised networks barely change their output); VGG's 25088 x 4096 head swapped for a small
+    # one to keep the test light
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(num_classes=4)

@@ -25,7 +25,6 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import torch
 from torch.overrides import TorchFunctionMode
 
 

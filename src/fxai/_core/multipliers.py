@@ -84,7 +84,8 @@ class QuietRescale(torch.autograd.Function):
 class RevealCancel(torch.autograd.Function):
     r"""The RevealCancel rule for ``y = f(z)`` with ``z - z' = Δ⁺ + Δ⁻`` split into positive and negative terms.
 
-    .. math:: \Delta y^+ = \tfrac12\big(f(z' + \Delta^+) - f(z')\big) + \tfrac12\big(f(z' + \Delta^- + \Delta^+) - f(z' + \Delta^-)\big)
+    .. math:: \Delta y^+ = \tfrac12\big(f(z' + \Delta^+) - f(z')\big)
+              + \tfrac12\big(f(z' + \Delta^- + \Delta^+) - f(z' + \Delta^-)\big)
 
     and symmetrically :math:`\Delta y^-`; the multipliers are :math:`\Delta y^\pm / \Delta^\pm`, passed back to
     the positive and the negative terms separately (``pos`` and ``neg``).
