@@ -17,7 +17,8 @@ from fxai.metrics import registry as metric_registry
 
 FAMILY_TITLES = {
     "gradient": "Gradient methods (backpropagation maps)",
-    "relevance": "Relevance propagation (rules and composites: `fxai.lrp_rules`, see [lrp.md](lrp.md))",
+    "relevance": "Relevance propagation: DeepLIFT ([deeplift.md](deeplift.md)) and LRP (rules and composites: "
+                 "`fxai.lrp_rules`, [lrp.md](lrp.md))",
     "cam": "CAM family",
     "mask": "Mask methods (maps from masked inputs)",
     "transform": "Transforms (ensembles over noisy inputs)",

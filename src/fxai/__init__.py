@@ -12,6 +12,8 @@ from ._core.functional import functional as functional
 from ._core.functional import split as split
 from ._core.rules import relu_rule as relu_rule
 from ._core.rules import with_relu_rule as with_relu_rule
+from .attribution.deeplift import deeplift as deeplift
+from .attribution.deeplift import deeplift_shap as deeplift_shap
 from .attribution.gradient import gradient as gradient
 from .attribution.gradient import input_x_gradient as input_x_gradient
 from .attribution.guided import deconvnet as deconvnet
@@ -73,6 +75,8 @@ __all__ = [
     "xgrad_cam",
     "deconvnet",
     "deep_feature_factorization",
+    "deeplift",
+    "deeplift_shap",
     "expected_gradients",
     "fold_batchnorm",
     "functional",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .attribution import class_activation, full_grad, gradient, gradient_cams, guided, integrated, masked_cams, masks
-from .attribution import lrp, smooth
+from .attribution import deeplift, lrp, smooth
 
 KINDS = ("pixel", "cam", "transform")
 FAMILIES = ("gradient", "relevance", "cam", "mask", "transform")
@@ -88,6 +88,9 @@ _ALL = [
                quick={"samples": 4}),
     MethodInfo("guided_backprop", guided.guided_backprop),
     MethodInfo("deconvnet", guided.deconvnet),
+    MethodInfo("deeplift", deeplift.deeplift, family="relevance"),
+    MethodInfo("deeplift_shap", deeplift.deeplift_shap, family="relevance", needs=("references",),
+               quick={"samples": 2}),
     MethodInfo("lrp", lrp.lrp, family="relevance"),
     MethodInfo("cam", class_activation.cam, kind="cam", family="cam"),
     MethodInfo("grad_cam", gradient_cams.grad_cam, kind="cam", family="cam"),

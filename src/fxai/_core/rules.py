@@ -3,7 +3,8 @@
 A rule keeps the forward ``max(x, 0)`` and replaces its backward. It is an
 ``autograd.Function`` (split ``forward``/``setup_context`` form with
 ``generate_vmap_rule``, so it composes with ``torch.func``) swapped in for every
-ReLU spelling by a ``TorchFunctionMode`` active only during the call:
+ReLU spelling by the op-interception mode of :mod:`fxai._core.engine`, active
+only during the call:
 ``nn.ReLU`` (in-place too), ``F.relu``, ``torch.relu``, ``Tensor.relu`` and
 their in-place forms, and ``torch.ops.aten.relu`` for exported graphs.
 """
@@ -14,8 +15,9 @@ import contextlib
 import functools
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+
+from .engine import Intercept
+from .ops import RELU
 
 
 class _Rule(torch.autograd.Function):
@@ -49,32 +51,16 @@ class DeconvReLU(_Rule):
 
 RULES = {"guided": GuidedReLU, "deconvnet": DeconvReLU}
 
-_OUT_OF_PLACE = {torch.relu, F.relu, torch.Tensor.relu, torch.ops.aten.relu.default}
-_IN_PLACE = {torch.relu_, F.relu_, torch.Tensor.relu_, torch.ops.aten.relu_.default}
 
-
-class _ReLURuleMode(TorchFunctionMode):
-    def __init__(self, rule: type[torch.autograd.Function]):
-        super().__init__()
-        self.rule = rule
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.relu and kwargs.get("inplace", args[1] if len(args) > 1 else False):
-            func = F.relu_
-        if func in _OUT_OF_PLACE:
-            return self.rule.apply(args[0])
-        if func in _IN_PLACE:
-            x = args[0]
-            return x.copy_(self.rule.apply(x))
-        return func(*args, **kwargs)
+def _apply(rule):
+    return lambda op, operands, options: rule.apply(operands[0])
 
 
 @contextlib.contextmanager
 def relu_rule(rule: str | type[torch.autograd.Function]):
     """Within the block, every ReLU uses the backward ``rule`` (``"guided"``, ``"deconvnet"`` or a Function)."""
     rule = RULES[rule] if isinstance(rule, str) else rule
-    with _ReLURuleMode(rule):
+    with Intercept({RELU: _apply(rule)}):
         yield
 
 
