@@ -123,6 +123,19 @@ def test_explain_own_model_keep_size(files):
             assert torch.load(files / "out2" / f"{stem}_{method}.pt").shape == (3, *size)
 
 
+def test_explain_concepts(files):
+    # --concepts K: Deep Feature Factorization of all the images at the CAM layer, named by the head.
+    proc = _run(["explain", "rgb.png", "gray.png", "rgba.png", "--model", "mymodels:tiny", "--method", "grad_cam",
+                 "--resize", "32", "32", "--concepts", "2", "--out", "out_concepts"], files)
+    assert proc.returncode == 0, proc.stderr
+    assert _png(files / "out_concepts" / "factorization.png").shape[1] >= 300
+    named = [line for line in proc.stdout.splitlines() if line.startswith("concept ")]
+    assert len(named) == 2 and all("class" not in n and "." in n for n in named), proc.stdout
+    proc = _run(["explain", "rgb.png", "gray.png", "--model", "mymodels:tiny", "--keep-size", "--concepts", "2",
+                 "--out", "out_concepts2"], files)
+    assert proc.returncode == 2 and "--concepts factorises all the images together" in proc.stderr
+
+
 def test_explain_error_in_a_subprocess_is_one_line(files):
     proc = _run(["explain", "corrupt.png", "--model", "mymodels:tiny", "--out", "out3"], files)
     assert proc.returncode == cli.EXIT_ERROR

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--layer", help="layer for CAM methods (a dotted module name, e.g. layer4 or features.28); "
                                     "default: the library's rule (the last spatial map before global pooling; for a "
                                     "ViT the first norm of the last block)")
+    ex.add_argument("--concepts", type=int, default=0, metavar="K",
+                    help="also factorise the CAM layer's activations over all the images into K concepts (Deep "
+                         "Feature Factorization), named by the model's head: factorization.png")
     ex.add_argument("--out", default="fxai-explain", help="output folder (default: %(default)s)")
     ex.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: %(default)s)")
     ex.add_argument("--seed", type=int, default=0, help="key of randomised methods (default: %(default)s)")
@@ -220,10 +223,13 @@ def _explain(args) -> int:
     from . import postprocess, registry, viz
     from ._core.discovery import resolve_layers
     from ._core.functional import functional
+    from ._core.targets import probabilities
     from .loading import IMAGENET_MEAN, IMAGENET_STD, input_channels, load_images, resolve_device
 
     if not args.keep_size and min(args.resize) < 1:
         raise UsageError(f"--resize takes two positive sizes (SHORT_SIDE CROP), got {args.resize[0]} {args.resize[1]}")
+    if args.concepts < 0:
+        raise UsageError(f"--concepts must be a number of concepts (0: none), got {args.concepts}")
     if args.chunk_size < 1:
         raise UsageError(f"--chunk-size must be a positive number of inputs, got {args.chunk_size}")
     settings = parse_options(args.option)
@@ -271,7 +277,7 @@ def _explain(args) -> int:
             raise UsageError(f"--target {value} is out of range: the model has {classes} classes (0 to {classes - 1})")
         if mode == "top" and value > classes:
             raise UsageError(f"--target top{value} asks for more classes than the model has ({classes})")
-        probs = logits.softmax(-1)[0]
+        probs = probabilities(logits)[0]
         top = probs.topk(min(5, classes))
         bar.write(f"{path}: " + ", ".join(f"{label(int(c))} ({float(p):.3f})" for p, c in zip(top.values, top.indices)))
         picked = [value] if mode == "index" else [int(c) for c in logits[0].topk(value).indices]
@@ -315,6 +321,8 @@ def _explain(args) -> int:
                    sign={n: first[n][1] for n in names}, origin={n: first[n][2] for n in names}, cell=2.4, wrap=6,
                    title=f"pixel maps: {_SIGN_TEXT[args.sign]}; CAMs: positive part; RISE: above its minimum")
     viz.save(fig, os.path.join(args.out, "grid.png"))
+    if args.concepts:
+        _concepts(args, model_fn, params, images, mean, std, device, layer, categories)
     width = max(len(n) for n in names)
     print("time per method (all images):")
     for name in names:
@@ -322,6 +330,29 @@ def _explain(args) -> int:
     print(f"wrote {len(rows) * len(names)} pictures, {len(images) * len(names)} raw maps (.pt) and grid.png to "
           f"{args.out}")
     return 0
+
+
+def _concepts(args, model_fn, params, images, mean, std, device, layer, categories) -> None:
+    """Deep Feature Factorization of all the images at the CAM layer: ``factorization.png`` and the concepts' names."""
+    import torch
+
+    from . import viz
+    from .attribution.factorization import deep_feature_factorization
+
+    if len({tuple(img.shape) for _, img in images}) > 1:
+        raise UsageError("--concepts factorises all the images together: they need one size (drop --keep-size)")
+    raw = torch.stack([img for _, img in images])
+    x = (raw.to(device) - mean.to(device)) / std.to(device)
+    try:
+        result = deep_feature_factorization(model_fn, params, x, layer=layer, concepts=args.concepts, head="auto",
+                                            key=args.seed, chunk_size=args.chunk_size)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"--concepts: {' '.join(str(err).split())}") from None
+    labels = list(categories) if categories else None
+    names = viz.concept_labels(result.class_scores, labels=labels) if result.class_scores is not None else None
+    viz.save(viz.factorization(raw, result, labels=labels), os.path.join(args.out, "factorization.png"))
+    for k, name in enumerate(names or []):
+        print(f"concept {k}: {name}")
 
 
 _SIGN_TEXT = {"positive": "positive part of the channel sum", "negative": "negative part of the channel sum",

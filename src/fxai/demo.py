@@ -21,7 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import loading, postprocess, registry, viz
+from . import loading, metrics, postprocess, registry, viz
+from .attribution.factorization import deep_feature_factorization
 from .demo_scores import BLUR, FAITHFULNESS, LOCALISATION, markdown, no_better_than_chance, print_table
 from ._core.functional import functional
 from .data.synthetic import CLASS_NAMES, shapes
@@ -198,6 +199,29 @@ def _write_atomic(path: str, text: str) -> None:
     viz._atomic(path, write)
 
 
+def _concepts(model_fn, params, x, masks, seed: int, out: str, count: int = 3) -> dict:
+    """Deep Feature Factorization of the explained batch at ``features``: ``concepts.png``, and per concept its top
+    classes and its relevance mass against the objects' masks (which concept is the object, which the background)."""
+    result = deep_feature_factorization(model_fn, params, x, layer="features", concepts=count, head="auto", key=seed)
+    labels = list(CLASS_NAMES[:result.class_scores.shape[1]])
+    names = viz.concept_labels(result.class_scores, labels=labels)
+    viz.save(viz.factorization(x[:6].cpu(), result._replace(maps=result.maps[:6]), labels=labels),
+             os.path.join(out, "concepts.png"))
+    mass = [metrics.relevance_mass(result.maps[:, k], masks).mean().item() for k in range(count)]
+    area = masks.float().mean().item()
+    return {"names": names, "relevance_mass": mass, "mask_area": area}
+
+
+def _concepts_markdown(concepts: dict) -> str:
+    lines = ["", "## Concepts (Deep Feature Factorization)", "",
+             f"Three concepts factorised from the `features` activations of the explained images (non-negative "
+             f"matrix factorisation, `fxai.deep_feature_factorization`), each named by the classes the head gives "
+             f"it, with the share of its map inside the objects (a map blind to the object scores the objects' "
+             f"area, {concepts['mask_area']:.3f}):", "", "| concept | top classes | relevance mass |", "|---|---|---:|"]
+    lines += [f"| {k} | {n} | {m:.3f} |" for k, (n, m) in enumerate(zip(concepts["names"], concepts["relevance_mass"]))]
+    return "\n".join(lines + ["", "![concepts](concepts.png)", ""])
+
+
 def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", quick: bool = False,
         progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run the demo and write its report folder ``out``; returns the results (as in ``results.json``).
@@ -273,6 +297,7 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
                                         f"mean of {x.shape[0]} images)" for c in all_curves],
                      xlabel="fraction of pixels", ylabel="probability of the true class", reference="random map")
     viz.save(fig, os.path.join(out, "curves.png"))
+    concepts = _concepts(model_fn, params, x, masks, seed, out)
 
     results = {
         "config": {**dataclasses.asdict(config), "seed": seed, "device": str(dev), "quick": quick},
@@ -283,12 +308,13 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
                                   for k, r in rows.items() if "scores" in r},
         "curves": {c: {k: {"fractions": f.tolist(), "probability": p.tolist()} for k, (f, p) in v.items()}
                    for c, v in all_curves.items()},
+        "concepts": concepts,
         "seconds": time.perf_counter() - started,
     }
     _write_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=1))
-    _write_atomic(os.path.join(out, "report.md"), markdown(results, rows, chance))
+    _write_atomic(os.path.join(out, "report.md"), markdown(results, rows, chance) + _concepts_markdown(concepts))
     log("")
     print_table(rows, chance, log)
-    log(f"\nreport written to {os.path.abspath(out)} (report.md, grid.png, curves.png, results.json) in "
+    log(f"\nreport written to {os.path.abspath(out)} (report.md, grid.png, curves.png, concepts.png, results.json) in "
         f"{results['seconds']:.0f} s")
     return results
