@@ -210,3 +210,18 @@ def test_eg_errors(tiny_cnn, tiny_input):
     with pytest.raises(TypeError, match="references"):
         fxai.expected_gradients(model_fn, params, tiny_input, 0, key=0)
 
+
+
+def test_chunked_passes_report_progress_when_asked(tiny_cnn, tiny_input):
+    # fxai._core.batching.reporting: a command line's progress inside a long method; the map is unchanged.
+    from fxai._core.batching import reporting
+
+    model_fn, params = fxai.functional(tiny_cnn)
+    seen = []
+    with reporting(lambda done, total: seen.append((done, total))):
+        got = fxai.integrated_gradients(model_fn, params, tiny_input, 1, steps=4, chunk_size=5)
+        fxai.rise(model_fn, params, tiny_input, 1, num_masks=4, cell_size=4, key=0, chunk_size=6)
+    assert seen == [(5, 12), (10, 12), (12, 12), (6, 12), (12, 12)]
+    torch.testing.assert_close(got, fxai.integrated_gradients(model_fn, params, tiny_input, 1, steps=4, chunk_size=5))
+    fxai.gradient(model_fn, params, tiny_input, 1, chunk_size=1)
+    assert len(seen) == 5  # nothing reported outside the block

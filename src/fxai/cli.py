@@ -221,6 +221,7 @@ def _explain(args) -> int:
     from tqdm.auto import tqdm
 
     from . import postprocess, registry, viz
+    from ._core.batching import reporting
     from ._core.discovery import resolve_layers
     from ._core.functional import functional
     from ._core.targets import probabilities
@@ -296,7 +297,8 @@ def _explain(args) -> int:
                 "options" in info.parameters and k in ("samples", "sigma"))})
             start = time.perf_counter()
             try:
-                amap = info.fn(model_fn, params, x, target, **options).detach()
+                with reporting(lambda done, total: bar.set_postfix_str(f"{done}/{total} rows", refresh=True)):
+                    amap = info.fn(model_fn, params, x, target, **options).detach()
             except (ValueError, TypeError) as err:
                 raise UsageError(f"{info.name}: {' '.join(str(err).split())}") from None
             seconds[info.name] += time.perf_counter() - start

@@ -24,6 +24,7 @@ from torch import nn
 from . import loading, metrics, postprocess, registry, viz
 from .attribution.factorization import deep_feature_factorization
 from .demo_scores import BLUR, FAITHFULNESS, LOCALISATION, markdown, no_better_than_chance, print_table
+from ._core.batching import reporting
 from ._core.functional import functional
 from .data.synthetic import CLASS_NAMES, shapes
 from .models import SmallCNN
@@ -171,7 +172,8 @@ def explain_all(model_fn, params, x: torch.Tensor, target: torch.Tensor, *, laye
             options = registry.options(info, size=tuple(x.shape[-2:]), layer=layer, key=seed, references=references,
                                        scale=scale, chunk_size=chunk_size)
             start = time.perf_counter()
-            amap = info.fn(model_fn, params, x, target, **options)
+            with reporting(lambda done, total: bar.set_postfix_str(f"{info.name} {done}/{total} rows", refresh=True)):
+                amap = info.fn(model_fn, params, x, target, **options)
             results[info.name] = {"map": amap.detach(), "seconds": time.perf_counter() - start, "kind": info.kind,
                                   "family": info.family}
         except LookupError as err:

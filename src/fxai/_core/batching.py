@@ -10,6 +10,8 @@ changes the numbers.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import torch
@@ -37,12 +39,37 @@ def auto_chunk(chunk_size: int | None, x: torch.Tensor) -> int:
     return max(1, ROW_BUDGET // max(1, math.prod(x.shape[1:])))
 
 
-def row_chunks(rows: int, chunk_size: int | None, group: int = 1) -> list[tuple[int, int]]:
-    """``(start, stop)`` ranges covering ``rows``, each at most ``chunk_size`` rows and a multiple of ``group``."""
+_PROGRESS: contextvars.ContextVar = contextvars.ContextVar("fxai_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting(report):
+    """Within the block, every chunked pass calls ``report(done, total)`` after each chunk (rows of the stacked
+    samples, steps or masks): how a command line shows progress inside a long method. Nothing is reported
+    outside such a block, and the methods stay pure functions."""
+    token = _PROGRESS.set(report)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def row_chunks(rows: int, chunk_size: int | None, group: int = 1):
+    """``(start, stop)`` ranges covering ``rows``, each at most ``chunk_size`` rows and a multiple of ``group``
+    (reported to :func:`reporting` as they are consumed, when a report is active)."""
     if chunk_size is None or chunk_size >= rows:
-        return [(0, rows)]
-    size = max(group, chunk_size // group * group)
-    return [(a, min(a + size, rows)) for a in range(0, rows, size)]
+        chunks = [(0, rows)]
+    else:
+        size = max(group, chunk_size // group * group)
+        chunks = [(a, min(a + size, rows)) for a in range(0, rows, size)]
+    report = _PROGRESS.get()
+    return chunks if report is None or len(chunks) == 1 else _reported(chunks, rows, report)
+
+
+def _reported(chunks, rows, report):
+    for a, b in chunks:
+        yield a, b
+        report(b, rows)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
