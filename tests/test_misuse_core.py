@@ -368,7 +368,9 @@ def test_functional_per_explanation_does_not_accumulate(tiny_input):
     before = alive()
     for _ in range(5):
         explain_once()
-    assert alive() == before  # no FX source, no model_fn, no tap left behind
+    after = alive()
+    # no FX source, no model_fn, no tap left behind (other tests' objects may be collected meanwhile: <=)
+    assert after[:2] == before[:2] and after[2] <= before[2], (before, after)
 
 
 class _Odd(nn.Module):
