@@ -1,0 +1,66 @@
+"""``fxai roar``: prepare, retrain with local workers (or a ``torchrun`` group), report."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+from . import dist, pipeline, report
+
+STAGES = ("all", "prepare", "work", "report")
+
+
+def _worker(out, device, threads, stale_after, progress):
+    torch.set_num_threads(threads)
+    pipeline.work(out, device=device, stale_after=stale_after, progress=progress)
+
+
+def run(out: str = "fxai-roar", config: pipeline.RoarConfig = pipeline.RoarConfig(), *, device: str = "cpu",
+        workers: int = 1, threads: int | None = None, stale_after: float = 600.0, only: str = "all",
+        progress: bool = True, log: Callable[[str], None] = print) -> dict | None:
+    """Run the ROAR/KAR benchmark in the folder ``out`` (resumable) and return the report's data.
+
+    ``workers`` local processes (each on ``threads`` threads, default ``cores // workers``) share the
+    grid; under ``torchrun`` the launched ranks form one data-parallel worker instead. ``only`` runs a
+    single stage: ``"prepare"`` (data, model, maps, grid), ``"work"`` (take jobs until none is left, e.g.
+    on more machines sharing ``out``) or ``"report"``.
+
+    Example:
+        >>> summary = fxai.roar.run("roar-quick", fxai.roar.RoarConfig(**fxai.roar.QUICK), progress=False)
+    """
+    if only not in STAGES:
+        raise ValueError(f"only must be one of {', '.join(map(repr, STAGES))}; got {only!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    started = time.perf_counter()
+    if only in ("all", "prepare"):
+        pipeline.prepare(out, config, device=device, progress=progress, log=log)
+    if only in ("all", "work"):
+        if workers > 1 and not dist.launched():
+            threads = threads or max(1, (os.cpu_count() or 1) // workers)
+            ctx = multiprocessing.get_context("spawn")
+            procs = [ctx.Process(target=_worker, args=(out, device, threads, stale_after, progress))
+                     for _ in range(workers)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            failed = [p.exitcode for p in procs if p.exitcode != 0]
+            if failed:
+                raise RuntimeError(f"{len(failed)} of {workers} workers failed (exit codes {failed}); "
+                                   "run again to resume")
+        else:
+            if threads:
+                torch.set_num_threads(threads)
+            pipeline.work(out, device=device, stale_after=stale_after, progress=progress, log=log)
+    if only in ("all", "report") and dist.init()[0] == 0:
+        summary = report.write(out)
+        summary["seconds_wall"] = time.perf_counter() - started
+        log(f"report written to {os.path.join(os.path.abspath(out), 'report')} (summary.md, accuracy.png, "
+            f"table.md, results.json)")
+        return summary
+    return None
