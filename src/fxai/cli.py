@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute", "all"),
                     help="what the overlays show of pixel maps (default: %(default)s)")
     ex.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    from .roar.cli import add_commands as add_roar_commands
+    add_roar_commands(sub)
     return parser
 
 
@@ -92,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command in ("roar", "extract"):
+            from .roar import cli as roar_cli
+            return roar_cli.run(args)
         return _explain(args)
     except KeyboardInterrupt:
         print("fxai: interrupted", file=sys.stderr)

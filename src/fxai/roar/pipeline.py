@@ -46,7 +46,7 @@ class RoarConfig:
     root: str | None = None
     size: int = 32
     classes: int = 4
-    train_count: int | None = 1500
+    train_count: int | None = 2000
     test_count: int | None = 500
     methods: tuple[str, ...] = METHODS + CONTROLS
     options: dict = dataclasses.field(default_factory=lambda: dict(METHOD_OPTIONS))
@@ -59,7 +59,7 @@ class RoarConfig:
     noise: float = 0.01
     repeats: int = 2
     seed: int = 0
-    train: TrainConfig = TrainConfig(epochs=12)
+    train: TrainConfig = TrainConfig()
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
