@@ -40,6 +40,7 @@ from .compiled import compiled as compiled
 from . import postprocess as postprocess
 from . import registry as registry
 from . import metrics as metrics
+from . import roar as roar
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,7 @@ __all__ = [
     "occlusion",
     "postprocess",
     "registry",
+    "roar",
     "rise",
     "score_cam",
     "xgrad_cam",
