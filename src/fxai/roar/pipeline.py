@@ -234,7 +234,7 @@ def work(out: str, *, device="cpu", stale_after: float = 600.0, poll: float = 2.
         except Exception as err:  # noqa: BLE001 - a failed job is recorded, the grid goes on
             result = {**job, "error": f"{type(err).__name__}: {err}"}
         if rank == 0:
-            jobs.write_result(folder, job["id"], result)
+            jobs.write_result(folder, job["id"], {**result, "worker": name})
             claim.release()
             if progress:
                 left = len(jobs.pending(folder))
