@@ -20,6 +20,8 @@ import hashlib
 import json
 import os
 import platform
+import queue
+import threading
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -196,7 +198,7 @@ def _shard(model_fn, params, dataset, make, k, shard_size, batch_size, *, target
                         collate_fn=collate, num_workers=num_workers)
     gen = torch.Generator().manual_seed(key)
     parts = []
-    for images, labels, masks in loader:
+    for images, labels, masks in _prefetched(loader):
         x = images.to(device) if device is not None else images
         if target == "label":
             tgt = labels.to(x.device)
@@ -209,6 +211,40 @@ def _shard(model_fn, params, dataset, make, k, shard_size, batch_size, *, target
         parts.append(amap.to("cpu", dtype))
         bar.update(x.shape[0])
     return torch.cat(parts)
+
+
+def _prefetched(iterable, depth: int = 2):
+    """The items of ``iterable``, produced by a background thread up to ``depth`` ahead, so that reading and
+    decoding the next batch overlaps the method's computation (torch releases the GIL in its kernels)."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+            items.put(err)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _save_shard(out, k, maps, start, spec):
