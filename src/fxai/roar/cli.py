@@ -93,7 +93,8 @@ def add_commands(sub) -> None:
     r.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw (one-cycle) or sgd (cosine) (default adamw)")
     r.add_argument("--lr", type=float, help="peak learning rate (default 4e-3)")
     r.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation (default flip)")
-    r.add_argument("--workers", type=int, default=1, help="local worker processes sharing the grid (default 1)")
+    r.add_argument("--workers", type=int, help="local worker processes sharing the grid (default: one per CPU "
+                                               "core up to 4 on the CPU, one on a GPU)")
     r.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
     r.add_argument("--stale-after", type=float, default=600.0,
                    help="seconds without a heartbeat after which a job is taken over (default: %(default)s)")

@@ -20,12 +20,12 @@ def _worker(out, device, threads, stale_after, progress):
 
 
 def run(out: str = "fxai-roar", config: pipeline.RoarConfig = pipeline.RoarConfig(), *, device: str = "cpu",
-        workers: int = 1, threads: int | None = None, stale_after: float = 600.0, only: str = "all",
+        workers: int | None = None, threads: int | None = None, stale_after: float = 600.0, only: str = "all",
         progress: bool = True, log: Callable[[str], None] = print) -> dict | None:
     """Run the ROAR/KAR benchmark in the folder ``out`` (resumable) and return the report's data.
 
     ``workers`` local processes (each on ``threads`` threads, default ``cores // workers``) share the
-    grid; under ``torchrun`` the launched ranks form one data-parallel worker instead. ``only`` runs a
+    grid (default: one per CPU core up to 4 on the CPU, one on a GPU); under ``torchrun`` the launched ranks form one data-parallel worker instead. ``only`` runs a
     single stage: ``"prepare"`` (data, model, maps, grid), ``"work"`` (take jobs until none is left, e.g.
     on more machines sharing ``out``) or ``"report"``.
 
@@ -34,6 +34,8 @@ def run(out: str = "fxai-roar", config: pipeline.RoarConfig = pipeline.RoarConfi
     """
     if only not in STAGES:
         raise ValueError(f"only must be one of {', '.join(map(repr, STAGES))}; got {only!r}")
+    if workers is None:
+        workers = 1 if torch.device(device).type != "cpu" else max(1, min(4, os.cpu_count() or 1))
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     started = time.perf_counter()
