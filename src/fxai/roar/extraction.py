@@ -112,7 +112,7 @@ def shard_path(folder: str, shard: int) -> str:
 def extract(model_fn, params, dataset: Dataset, method: str, out: str, *, options: dict | None = None,
             reduce: str = "abs_sum", dtype: str = "float32", target: str = "label", key: int = 0,
             shard_size: int = 1024, batch_size: int = 64, dataset_name: str | None = None, device=None,
-            num_workers: int = 0, progress: bool = True) -> dict:
+            num_workers: int = 0, part: tuple[int, int] | None = None, progress: bool = True) -> dict:
     r"""Maps of every sample of ``dataset`` by ``method``, written to the folder ``out`` as sharded safetensors.
 
     Each map is :math:`R(M(f, x_i, y_i))`, ``[H, W]``: the method's map of the sample's ``target``
@@ -132,6 +132,8 @@ def extract(model_fn, params, dataset: Dataset, method: str, out: str, *, option
         key: seed of randomised methods; shard ``k`` uses :func:`shard_key` ``(key, k)``.
         shard_size, batch_size: samples per file and per call of the method.
         dataset_name: recorded in the manifest (default: the dataset's ``repr``).
+        part: ``(i, n)`` computes only the shards ``k ≡ i (mod n)`` (default: this process's torchrun rank
+            and world size), for processes sharing the work without a process group.
 
     Returns:
         The manifest (also in ``out/manifest.json``).
@@ -170,7 +172,7 @@ def extract(model_fn, params, dataset: Dataset, method: str, out: str, *, option
         _write_atomic(path, lambda p: _dump(manifest, p))
         _check_manifest(path, manifest)  # another process may have won the race with another request
 
-    rank, world = dist.init(device)
+    rank, world = dist.init(device) if part is None else _part(part)
     shards = -(-length // shard_size)
     todo = [k for k in range(rank, shards, world) if not os.path.exists(shard_path(out, k))]
     from tqdm.auto import tqdm
@@ -182,8 +184,16 @@ def extract(model_fn, params, dataset: Dataset, method: str, out: str, *, option
                       key=shard_key(key, k), dtype=DTYPES[dtype], device=device, num_workers=num_workers, bar=bar)
         _save_shard(out, k, maps, k * shard_size, spec)
     bar.close()
-    dist.barrier()
+    if part is None:
+        dist.barrier()
     return manifest
+
+
+def _part(part) -> tuple[int, int]:
+    if (not isinstance(part, (tuple, list)) or len(part) != 2 or not all(isinstance(v, int) for v in part)
+            or not 0 <= part[0] < part[1]):
+        raise ValueError(f"part must be a pair (i, n) of ints with 0 <= i < n, got {part!r}")
+    return int(part[0]), int(part[1])
 
 
 def _dump(obj, path):

@@ -137,7 +137,8 @@ def _base_model(out: str, config: RoarConfig, data: dict, device, log) -> torch.
     return model.to(device).eval()
 
 
-def _extract_all(out: str, config: RoarConfig, data: dict, model, device, progress: bool, log) -> None:
+def _extract_all(out: str, config: RoarConfig, data: dict, model, device, progress: bool, log,
+                 part: tuple[int, int] | None = None) -> None:
     model_fn, params = functional(model)
     layer = CAM_LAYERS[config.train.arch]
     for spec in config.methods:
@@ -149,18 +150,23 @@ def _extract_all(out: str, config: RoarConfig, data: dict, model, device, progre
             folder = os.path.join(out, "maps", slug(spec), split)
             extraction.extract(model_fn, params, data[split], spec, folder, options=opts, reduce=config.reduce,
                             dtype=config.map_dtype, key=config.seed + (0 if split == "train" else 1),
-                            dataset_name=data[split].name, device=device, progress=progress)
+                            dataset_name=data[split].name, device=device, part=part, progress=progress)
 
 
 def prepare(out: str, config: RoarConfig = RoarConfig(), *, device="cpu", progress: bool = True,
-            log: Callable[[str], None] = print) -> None:
-    """The stages before the retrains: data, base model, maps and the job grid (each skipped when done)."""
+            log: Callable[[str], None] = print, maps: bool = True) -> None:
+    """The stages before the retrains: data, base model, maps and the job grid (each skipped when done).
+
+    ``maps=False`` stops after the model (for local processes that then share the extraction by
+    :func:`extract_part`)."""
     device = dist.local_device(torch.device(device))
     dist.init(device)
     os.makedirs(out, exist_ok=True)
     _check_config(out, config)
     data = _data(out, config)
     model = _base_model(out, config, data, device, log)
+    if not maps:
+        return
     _extract_all(out, config, data, model, device, progress, log)
     mean = data["train"].images.mean((0, 2, 3))
     settings = {"config": config.to_json(), "mean": mean.tolist(), "classes": data["classes"],
@@ -168,6 +174,14 @@ def prepare(out: str, config: RoarConfig = RoarConfig(), *, device="cpu", progre
     if dist.init()[0] == 0:
         jobs.write_grid(os.path.join(out, "grid"), job_list(config), settings)
     dist.barrier()
+
+
+def extract_part(out: str, config: RoarConfig, part: tuple[int, int], *, device="cpu", progress: bool = True) -> None:
+    """Shards ``k ≡ i (mod n)`` of every map folder of the run, for ``part = (i, n)`` (after ``prepare(maps=False)``)."""
+    device = torch.device(device)
+    data = _data_only(out)
+    model = _base_model(out, config, data, device, print)
+    _extract_all(out, config, data, model, device, progress, print, part=part)
 
 
 def _noise_key(job: dict) -> int:

@@ -19,6 +19,24 @@ def _worker(out, device, threads, stale_after, progress):
     pipeline.work(out, device=device, stale_after=stale_after, progress=progress)
 
 
+def _extractor(out, config, part, device, threads, progress):
+    torch.set_num_threads(threads)
+    pipeline.extract_part(out, config, part, device=device, progress=progress)
+
+
+def _spawn(target, args_of, workers: int, what: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=target, args=args_of(i)) for i in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {workers} {what} processes failed (exit codes {failed}); "
+                           "run again to resume")
+
+
 def run(out: str = "fxai-roar", config: pipeline.RoarConfig = pipeline.RoarConfig(), *, device: str = "cpu",
         workers: int | None = None, threads: int | None = None, stale_after: float = 600.0, only: str = "all",
         progress: bool = True, log: Callable[[str], None] = print) -> dict | None:
@@ -39,22 +57,17 @@ def run(out: str = "fxai-roar", config: pipeline.RoarConfig = pipeline.RoarConfi
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     started = time.perf_counter()
+    local = workers > 1 and not dist.launched()
+    threads = threads or (max(1, (os.cpu_count() or 1) // workers) if local else None)
     if only in ("all", "prepare"):
+        if local:  # the maps' shards shared by the local processes, then the grid
+            pipeline.prepare(out, config, device=device, progress=progress, log=log, maps=False)
+            _spawn(_extractor, lambda i: (out, config, (i, workers), device, threads, progress), workers,
+                   "extraction")
         pipeline.prepare(out, config, device=device, progress=progress, log=log)
     if only in ("all", "work"):
-        if workers > 1 and not dist.launched():
-            threads = threads or max(1, (os.cpu_count() or 1) // workers)
-            ctx = multiprocessing.get_context("spawn")
-            procs = [ctx.Process(target=_worker, args=(out, device, threads, stale_after, progress))
-                     for _ in range(workers)]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join()
-            failed = [p.exitcode for p in procs if p.exitcode != 0]
-            if failed:
-                raise RuntimeError(f"{len(failed)} of {workers} workers failed (exit codes {failed}); "
-                                   "run again to resume")
+        if local:
+            _spawn(_worker, lambda i: (out, device, threads, stale_after, progress), workers, "worker")
         else:
             if threads:
                 torch.set_num_threads(threads)
