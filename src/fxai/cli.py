@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                          "CAMs are shown by their positive part, RISE by its variation above its minimum")
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps `fxai --debug explain`
                       help="show the full traceback on errors")
+    from .roar.cli import add_commands as add_roar_commands
+    add_roar_commands(sub)
     return parser
 
 
@@ -99,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command in ("roar", "extract"):
+            from .roar import cli as roar_cli
+            return roar_cli.run(args)
         return _explain(args)
     except KeyboardInterrupt:
         _drop_if_new_and_empty(args.out, out_existed)

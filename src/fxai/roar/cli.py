@@ -1,0 +1,188 @@
+"""``fxai roar`` and ``fxai extract``: the subcommands, added to the ``fxai`` parser by :func:`add_commands`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import pipeline
+from .removal import FILLS, MODES
+from .train import AUGMENTATIONS, OPTIMIZERS, TrainConfig
+
+COMMANDS = ("roar", "extract")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"fractions must be in (0, 1], got {text!r}")
+    return values
+
+
+def _names(choices):
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [v for v in values if v not in choices]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values from {', '.join(choices)}, "
+                                             f"got {text!r}")
+        return values
+    return parse
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    """Comma-separated specs; commas inside parentheses do not split (there are none in valid specs)."""
+    from . import methods
+
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    try:
+        return tuple(methods.canonical(v) for v in values)
+    except (ValueError, TypeError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _json(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"--options: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--options: expected a JSON object")
+    return value
+
+
+def _data_args(p):
+    p.add_argument("--dataset", default="shapes", choices=("shapes", "mnist", "cifar10", "folder"),
+                   help="the built-in synthetic shapes, MNIST or CIFAR-10 from --data-dir, or an image folder "
+                        "(--data-dir/train/<class>/..., --data-dir/test/<class>/...) (default: %(default)s)")
+    p.add_argument("--data-dir", help="folder holding the dataset files (MNIST/raw, cifar-10-batches-py, ...)")
+    p.add_argument("--size", type=int, help="image side of the synthetic shapes and image folders (default 32)")
+    p.add_argument("--classes", type=int, help="classes of the synthetic shapes (default 4)")
+    p.add_argument("--train-count", type=int, help="training images used (default: 2000 synthetic, all otherwise)")
+    p.add_argument("--test-count", type=int, help="test images used (default: 500 synthetic, all otherwise)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s; under torchrun "
+                                                   "'cuda' means one GPU per local rank)")
+    p.add_argument("--seed", type=int, help="seed of the data, the models and the maps (default 0)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps `fxai --debug roar`
+                   help="show the full traceback on errors")
+
+
+def add_commands(sub) -> None:
+    """Add ``roar`` and ``extract`` to the subparsers ``sub`` of the ``fxai`` parser."""
+    r = sub.add_parser("roar", help="ROAR/KAR: retrain on data with the most/least relevant pixels replaced "
+                                    "(runs a small complete benchmark on synthetic shapes by default)")
+    _data_args(r)
+    r.add_argument("--out", default="fxai-roar", help="run folder; an interrupted run resumes (default: %(default)s)")
+    r.add_argument("--quick", action="store_true", help="a tiny run of about a minute (for tests)")
+    r.add_argument("--methods", type=_methods, help="comma-separated methods and controls, e.g. "
+                   "gradient,smoothgrad_sq(gradient),grad_cam,random,sobel,ground_truth (default: the six "
+                   "methods of the default run and the three controls)")
+    r.add_argument("--options", type=_json, help='method options as JSON, e.g. \'{"integrated_gradients": '
+                                                 '{"steps": 64}}\'')
+    r.add_argument("--fractions", type=_floats, help="fractions of pixels replaced (default 0.25,0.5,0.75)")
+    r.add_argument("--modes", type=_names(MODES), help="roar, kar or both (default)")
+    r.add_argument("--fill", type=_names(FILLS), help="fills used for every method (default: mean)")
+    r.add_argument("--control-fill", type=_names(FILLS), help="extra fills for the controls (default: noisy_linear)")
+    r.add_argument("--repeats", type=int, help="retrains per point (default 2)")
+    r.add_argument("--arch", choices=("smallcnn", "resnet8", "resnet20"), help="network (default smallcnn)")
+    r.add_argument("--width", type=int, help="network width (default 16)")
+    r.add_argument("--epochs", type=int, help="epochs per retrain (default 10)")
+    r.add_argument("--batch-size", type=int, help="batch size (default 64)")
+    r.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw (one-cycle) or sgd (cosine) (default adamw)")
+    r.add_argument("--lr", type=float, help="peak learning rate (default 4e-3)")
+    r.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation (default flip)")
+    r.add_argument("--workers", type=int, help="local worker processes sharing the grid (default: one per CPU "
+                                               "core up to 4 on the CPU, one on a GPU)")
+    r.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    r.add_argument("--stale-after", type=float, default=600.0,
+                   help="seconds without a heartbeat after which a job is taken over (default: %(default)s)")
+    r.add_argument("--only", choices=("prepare", "work", "report"), help="run one stage (e.g. 'work' on more "
+                                                                         "machines sharing --out)")
+
+    e = sub.add_parser("extract", help="maps of a whole dataset by one method, as sharded safetensors")
+    _data_args(e)
+    e.add_argument("--method", required=True, help="a method or a transform of one, e.g. gradient or "
+                                                     "'smoothgrad_sq(gradient)', or random, sobel, ground_truth")
+    e.add_argument("--options", type=_json, help="the method's options as a JSON object")
+    e.add_argument("--weights", required=True, help="the model's weights (.safetensors, or a state dict saved "
+                                                    "with torch.save), e.g. OUT/model/model.safetensors of fxai roar")
+    e.add_argument("--arch", default="smallcnn", choices=("smallcnn", "resnet8", "resnet20"))
+    e.add_argument("--width", type=int, default=16)
+    e.add_argument("--split", default="test", choices=("train", "test"))
+    e.add_argument("--reduce", default="abs_sum", help="channel reduction of pixel maps (default: %(default)s)")
+    e.add_argument("--dtype", default="float32", choices=("float16", "float32"))
+    e.add_argument("--target", default="label", choices=("label", "predicted"))
+    e.add_argument("--shard-size", type=int, default=1024)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--out", required=True, help="the map folder")
+
+
+def _config(args) -> pipeline.RoarConfig:
+    base = pipeline.QUICK if args.quick else {}
+    train = base.get("train", TrainConfig())
+    train_over = {k: getattr(args, k) for k in ("arch", "width", "epochs", "batch_size", "optimizer", "lr", "augment")
+                  if getattr(args, k) is not None}
+    over = {"dataset": args.dataset, "root": args.data_dir, "size": args.size, "classes": args.classes,
+            "train_count": args.train_count, "test_count": args.test_count, "methods": args.methods,
+            "options": args.options, "fractions": args.fractions, "modes": args.modes, "fills": args.fill,
+            "control_fills": args.control_fill, "repeats": args.repeats, "seed": args.seed}
+    if args.dataset != "shapes":
+        base = {k: v for k, v in base.items() if k not in ("train_count", "test_count", "size")}
+        base.setdefault("train_count", None)
+        base.setdefault("test_count", None)
+        if "ground_truth" in (args.methods or pipeline.RoarConfig().methods) and args.methods is None:
+            base["methods"] = tuple(m for m in base.get("methods", pipeline.RoarConfig().methods)
+                                    if m != "ground_truth")
+    import dataclasses
+    return pipeline.RoarConfig(**{**base, **{k: v for k, v in over.items() if v is not None},
+                                  "train": dataclasses.replace(train, **train_over)})
+
+
+def run(args) -> int:
+    """Run the subcommand of parsed ``args`` (``args.command`` in :data:`COMMANDS`); returns the exit status."""
+    if args.command == "roar":
+        from .runner import run as run_roar
+
+        run_roar(args.out, _config(args), device=args.device, workers=args.workers, threads=args.threads,
+                 stale_after=args.stale_after, only=args.only or "all")
+        return 0
+    return _extract(args)
+
+
+def _extract(args) -> int:
+    import os
+
+    import torch
+
+    from .._core.functional import functional
+    from . import datasets, dist, extraction
+    from .nets import CAM_LAYERS, build
+
+    data = datasets.load(args.dataset, root=args.data_dir, size=args.size or 32, classes=args.classes or 4,
+                         train_count=args.train_count, test_count=args.test_count, seed=args.seed or 0)
+    if not os.path.isfile(args.weights):
+        raise FileNotFoundError(f"--weights: no such file {args.weights}")
+    if args.weights.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        state = load_file(args.weights)
+    else:
+        state = torch.load(args.weights, map_location="cpu", weights_only=True)
+    model = build(args.arch, data["classes"], channels=data["train"].images.shape[1], width=args.width)
+    model.load_state_dict(state)
+    device = dist.local_device(torch.device(args.device))
+    model_fn, params = functional(model.to(device).eval())
+    options = dict(args.options or {})
+    from . import methods
+    inner = methods.parse(args.method)[1]
+    if inner not in methods.CONTROLS and methods.registry.method(inner).layered:
+        options.setdefault("layer", CAM_LAYERS[args.arch])
+    extraction.extract(model_fn, params, data[args.split], args.method, args.out, options=options,
+                       reduce=args.reduce, dtype=args.dtype, target=args.target, key=args.seed or 0,
+                       shard_size=args.shard_size, batch_size=args.batch_size, dataset_name=data[args.split].name,
+                       device=device)
+    if dist.init()[0] == 0:
+        print(f"maps written to {os.path.abspath(args.out)}")
+    return 0
