@@ -65,6 +65,7 @@ def _value(text: str):
 
 
 def accepted(info) -> set:
+    """The option names ``info``'s method accepts (of the method a transform returns, for transforms)."""
     names = {n for n, p in info.parameters.items() if p.kind == p.KEYWORD_ONLY}
     if "options" in info.parameters:                     # a transformed method: its own settings and the base's
         names |= {"samples", "sigma"}
@@ -72,6 +73,7 @@ def accepted(info) -> set:
 
 
 def check_options(options: dict, methods: list) -> None:
+    """Refuse an ``--option`` that none of the chosen methods takes, naming it and the methods."""
     for name in options:
         if not any(name in accepted(info) for info in methods):
             takes = sorted(set().union(*(accepted(info) for info in methods)) - set(_RESERVED))
@@ -81,6 +83,7 @@ def check_options(options: dict, methods: list) -> None:
 
 
 def help_epilog() -> str:
+    """The end of ``fxai explain --help``: the methods, the transforms and their options."""
     from .registry import METHODS, TRANSFORMS
 
     def opts(info):

@@ -75,6 +75,7 @@ def _cell(row: dict, chance: dict, name: str) -> str:
 
 
 def table(rows: dict, chance: dict) -> list[str]:
+    """The demo's table of scores as lines of text, the random map last."""
     head = ["method", "time (s)"] + COLUMNS
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in rows.items():
@@ -88,6 +89,7 @@ def table(rows: dict, chance: dict) -> list[str]:
 
 
 def print_table(rows: dict, chance: dict, log) -> None:
+    """Print :func:`table` through ``log``."""
     head = ["method", "time"] + [SHORT.get(n, n) for n in COLUMNS]
     width = max(len(n) for n in list(rows) + ["random (chance)"]) + 2
     log(f"{head[0]:<{width}}" + "".join(f"{h:>10}" for h in head[1:]))
@@ -103,6 +105,7 @@ def print_table(rows: dict, chance: dict, log) -> None:
 
 
 def markdown(results: dict, rows: dict, chance: dict) -> str:
+    """The text of ``report.md``: the settings, how to read each column, the table, the figures."""
     cfg = results["config"]
     untrained = (f"**Quick run: the model trained for {cfg['steps']} steps only and is untrained; these scores mean "
                  "nothing** (run `fxai demo` without `--quick` for the real report).\n\n" if cfg["quick"] else "")

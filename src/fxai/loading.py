@@ -87,6 +87,7 @@ def build_model(name: str, classes: int | None = None):
 
 
 def read_weights(path: str) -> dict:
+    """The state dict in ``path`` (a plain one, or one held by a checkpoint), read with ``weights_only``."""
     if not os.path.isfile(path):
         raise UsageError(f"weights file not found: {path}")
     try:
@@ -124,6 +125,7 @@ def classes_in(model, state: dict) -> int | None:
 
 
 def load_weights(model, state: dict, path: str) -> None:
+    """Load ``state`` into ``model``; keys or shapes that do not fit give a :class:`UsageError`."""
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
@@ -137,6 +139,7 @@ def load_weights(model, state: dict, path: str) -> None:
 
 
 def pretrained(model_name: str, weights, device):
+    """torchvision's model with its pretrained ``weights``; offline, the error says which file to fetch."""
     try:
         return torchvision.models.get_model(model_name, weights=weights)
     except Exception as err:  # noqa: BLE001 - any download failure: explain the offline route
@@ -150,6 +153,7 @@ def pretrained(model_name: str, weights, device):
 
 
 def input_channels(model) -> int:
+    """The number of input channels the model's first convolution takes (3 without one)."""
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
             return m.in_channels

@@ -138,6 +138,7 @@ def _bind_max_pool_with_indices(x, *args, **kwargs):
 
 
 def max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=False):
+    """``F.max_pool2d`` with every argument given by keyword or position, as the rules call it."""
     return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 

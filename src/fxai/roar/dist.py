@@ -26,10 +26,12 @@ def init(device: torch.device | None = None) -> tuple[int, int]:
 
 
 def active() -> bool:
+    """Whether this process is one rank of an initialised process group."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing outside a process group)."""
     if active():
         dist.barrier()
 

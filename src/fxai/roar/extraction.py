@@ -106,6 +106,7 @@ def _write_atomic(path: str, write) -> None:
 
 
 def shard_path(folder: str, shard: int) -> str:
+    """The file of shard number ``shard`` in ``folder``."""
     return os.path.join(folder, f"shard-{shard:05d}.safetensors")
 
 
@@ -266,6 +267,7 @@ def _save_shard(out, k, maps, start, spec):
 
 
 def read_manifest(folder: str) -> dict:
+    """The extraction's manifest in ``folder`` (a clear error where there is none yet)."""
     path = os.path.join(folder, "manifest.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no maps in {folder}: {path} is missing (run fxai.roar.extract first)")

@@ -58,6 +58,7 @@ def write_grid(folder: str, jobs: list[dict], settings: dict) -> dict:
 
 
 def read_grid(folder: str) -> dict:
+    """The grid's job list (``grid.json`` in ``folder``)."""
     path = os.path.join(folder, GRID)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no job grid in {folder}: {path} is missing")
@@ -66,14 +67,17 @@ def read_grid(folder: str) -> dict:
 
 
 def result_path(folder: str, job_id: str) -> str:
+    """Where job ``job_id``'s result is written."""
     return os.path.join(folder, "results", f"{job_id}.json")
 
 
 def done(folder: str, job_id: str) -> bool:
+    """Whether job ``job_id`` has its result."""
     return os.path.exists(result_path(folder, job_id))
 
 
 def write_result(folder: str, job_id: str, result: dict) -> None:
+    """Write job ``job_id``'s result atomically (a finished job is never half-written)."""
     _write_json_atomic(result_path(folder, job_id), result)
 
 
@@ -146,10 +150,12 @@ def try_claim(folder: str, job_id: str, *, worker: str, stale_after: float) -> C
 
 
 def worker_name() -> str:
+    """This worker's name in claims: host and process id."""
     return f"{platform.node()}-{os.getpid()}"
 
 
 def pending(folder: str) -> list[dict]:
+    """The jobs of the grid that have no result yet."""
     return [j for j in read_grid(folder)["jobs"] if not done(folder, j["id"])]
 
 

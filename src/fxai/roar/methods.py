@@ -62,6 +62,7 @@ def randomised(spec: str) -> bool:
 
 
 def needs_masks(spec: str) -> bool:
+    """Whether ``spec`` needs the dataset's ground-truth masks (the ideal-map control)."""
     return parse(spec)[1] == "ground_truth"
 
 

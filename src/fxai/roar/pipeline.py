@@ -71,6 +71,7 @@ QUICK = dict(train_count=256, test_count=128, size=16, fractions=(0.5,), repeats
 
 
 def slug(spec: str) -> str:
+    """``spec`` as a file name: ``smoothgrad_sq(gradient)`` -> ``smoothgrad_sq-gradient``."""
     return spec.replace("(", "-").replace(")", "")
 
 
