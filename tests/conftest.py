@@ -229,3 +229,17 @@ class ModuleSnapshot:
         assert dict(m.named_modules()) == self.structure
         assert leftover_hooks(m) == []
         assert active_modes() == []
+
+
+def grad_cam_by_autograd(module, x, target, layer, *, relu: bool = True):
+    """Grad-CAM by plain autograd on ``module(x)`` (hooks and all) at ``layer``, not upsampled: an oracle."""
+    store = {}
+    handle = dict(module.named_modules())[layer].register_forward_hook(lambda m, i, o: store.update(a=o))
+    try:
+        score = module(x).gather(1, target[:, None]).sum()
+    finally:
+        handle.remove()
+    a = store["a"]
+    g = torch.autograd.grad(score, a)[0]
+    cam = (g.mean((2, 3), keepdim=True) * a).sum(1)
+    return (cam.clamp(min=0) if relu else cam).detach()

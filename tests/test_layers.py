@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import Conv4, leftover_hooks, make_tiny_cnn
+from conftest import Conv4, leftover_hooks, make_tiny_cnn, grad_cam_by_autograd
 
 import fxai
 from fxai._core.discovery import default_layer, resolve_layers, trace_modules
@@ -117,16 +117,7 @@ class DataDependent(torch.nn.Module):
         return self.fc(a.mean((2, 3)))
 
 
-def _grad_cam_by_autograd(module, x, target, layer):
-    store = {}
-    handle = dict(module.named_modules())[layer].register_forward_hook(lambda m, i, o: store.update(a=o))
-    try:
-        score = module(x).gather(1, target[:, None]).sum()
-    finally:
-        handle.remove()
-    a = store["a"]
-    g = torch.autograd.grad(score, a)[0]
-    return (g.mean((2, 3), keepdim=True) * a).sum(1).clamp(min=0).detach()
+_grad_cam_by_autograd = grad_cam_by_autograd
 
 
 @pytest.mark.parametrize("make, layer, traced", [(make_tiny_cnn, "layer4", True), (DataDependent, "conv", False)])

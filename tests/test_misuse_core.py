@@ -18,7 +18,7 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ModuleSnapshot, TinyCNN, leftover_hooks, make_tiny_cnn
+from conftest import ModuleSnapshot, TinyCNN, leftover_hooks, make_tiny_cnn, grad_cam_by_autograd
 from torch import nn
 
 import fxai
@@ -27,16 +27,7 @@ TARGETS = torch.tensor([0, 4, 2])
 
 
 def _autograd_grad_cam(module, x, target, layer):
-    """Grad-CAM by plain autograd on ``module(x)`` (hooks and all), at ``layer``, not upsampled, no ReLU."""
-    store = {}
-    handle = dict(module.named_modules())[layer].register_forward_hook(lambda m, i, o: store.update(a=o))
-    try:
-        score = module(x).gather(1, target[:, None]).sum()
-    finally:
-        handle.remove()
-    a = store["a"]
-    g = torch.autograd.grad(score, a)[0]
-    return (g.mean((2, 3), keepdim=True) * a).sum(1).detach()
+    return grad_cam_by_autograd(module, x, target, layer, relu=False)
 
 
 def _autograd_input_gradient(module, x, target):
