@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 import warnings
 
 import torch
 import torchvision
 
 import fxai
+from timing import interleaved_medians
 
 
 def main(argv=None):
@@ -63,15 +62,7 @@ def main(argv=None):
         "pytorch-grad-cam": lambda: pgc(input_tensor=x, targets=pgc_targets),
         "floor": floor,
     }
-    times = {k: [] for k in variants}
-    for fn in variants.values():
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(variants, args.repeats)
     print(f"Grad-CAM, resnet18, B=2, {args.size}x{args.size}, CPU, {args.threads} threads, "
           f"median of {args.repeats}\n")
     print("| variant | median (ms) | ratio to floor |")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 import warnings
 
 import numpy as np
@@ -33,6 +32,7 @@ import torchvision
 
 import fxai
 from fxai._core.nmf import nmf
+from timing import interleaved_medians
 
 
 def _relative(v: np.ndarray, approx: np.ndarray) -> float:
@@ -84,15 +84,7 @@ def main(argv=None):
         "fxai NMF": lambda: nmf(v, k, key=0),
         "sklearn NMF": sklearn_nmf,
     }
-    times = {name: [] for name in variants}
-    for fn in variants.values():
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = interleaved_medians(variants, args.repeats)
 
     ours_err, ours_iters, theirs_err, theirs_iters = [], [], [], []
     for seed in range(args.seeds):

@@ -21,9 +21,7 @@ Run: ``python benchmarks/bench_lrp.py --threads 2 --repeats 3``
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 
 import torch
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 import torchvision
 
 import fxai
+from timing import interleaved_medians
 
 
 def main(argv=None):
@@ -86,13 +85,7 @@ def main(argv=None):
         outs = {n: v() for n, v in variants.items()}  # warm-up
         ref = outs["zennit"]
         err = {n: float((outs[n] - ref).abs().max() / ref.abs().max()) for n in ("fxai", "fxai, params folded once")}
-        times = {n: [] for n in variants}
-        for _ in range(args.repeats):
-            for n, v in variants.items():
-                t0 = time.perf_counter()
-                v()
-                times[n].append(time.perf_counter() - t0)
-        med = {n: statistics.median(t) for n, t in times.items()}
+        med = interleaved_medians(variants, args.repeats, warm_up=False)  # the outputs above were the warm-up
         for n in variants:
             rows.append((name, n, med[n], med[n] / med["zennit"], med[n] / med["captum"],
                          med[n] / med["floor (fwd+bwd)"], err.get(n)))
