@@ -22,6 +22,11 @@ from .attribution.integrated import expected_gradients as expected_gradients
 from .attribution.integrated import integrated_gradients as integrated_gradients
 from .attribution.integrated import path_rule as path_rule
 from .attribution.lrp import lrp as lrp
+from .attribution.layer_space import at_layer as at_layer
+from .attribution.layer_space import layer_conductance as layer_conductance
+from .attribution.neurons import LayerOutput as LayerOutput
+from .attribution.neurons import layer_output as layer_output
+from .attribution.neurons import neuron as neuron
 from ._core.canonizers import fold_batchnorm as fold_batchnorm
 from ._core import lrp_rules as lrp_rules
 from .attribution.smooth import smoothgrad as smoothgrad
@@ -56,7 +61,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Factorization",
     "FunctionalModel",
+    "LayerOutput",
     "ablation_cam",
+    "at_layer",
     "cam",
     "compiled",
     "eigen_cam",
@@ -67,7 +74,10 @@ __all__ = [
     "guided_grad_cam",
     "hires_cam",
     "layer_cam",
+    "layer_conductance",
+    "layer_output",
     "metrics",
+    "neuron",
     "occlusion",
     "postprocess",
     "registry",
