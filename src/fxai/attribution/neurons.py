@@ -66,7 +66,7 @@ def layer_output(model_fn, layer: str) -> LayerOutput:
     Example:
         >>> neurons = fxai.layer_output(model_fn, "layer3")
         >>> neurons(params, x).shape
-        torch.Size([2, 1024])
+        torch.Size([2, 4096])
         >>> g = fxai.gradient(neurons, params, x, fxai.neuron(neurons, params, x, (2, 1, 3)))
     """
     if not isinstance(layer, str):
@@ -100,7 +100,7 @@ def neuron(neurons: LayerOutput, params, x: torch.Tensor, selector: Selector):
     Example:
         >>> neurons = fxai.layer_output(model_fn, "layer3")
         >>> fxai.neuron(neurons, params, x, (1, 0, 2))
-        66
+        258
         >>> channel = fxai.neuron(neurons, params, x, (1, ...))
         >>> ig = fxai.integrated_gradients(neurons, params, x, channel, steps=8)
         >>> mean = fxai.neuron(neurons, params, x, lambda a: a[:, 1].mean((1, 2)))
