@@ -28,6 +28,8 @@ SECTIONS = [
     ("Models as pure functions", ["functional", "FunctionalModel", "split"]),
     *((title, [m.name for m in registry.ENTRIES.values() if m.family == family]) for family, title in FAMILY_TITLES.items()),
     ("Concept discovery", ["deep_feature_factorization", "Factorization"]),
+    ("Layers and neurons ([layers.md](layers.md))", ["at_layer", "layer_conductance", "layer_output", "neuron",
+                                                     "LayerOutput"]),
     ("Building blocks", ["path_rule", "with_relu_rule", "relu_rule", "fold_batchnorm", "to_grid"]),
     ("Compilation", ["compiled"]),
 ]
