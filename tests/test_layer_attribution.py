@@ -209,6 +209,11 @@ def test_batch_equals_single_calls_and_noise_in_layer_space(resnet64):
     torch.testing.assert_close(batch[1:], sg(model_fn, params, x[1:], 2, key=7), rtol=0, atol=1e-13)
     plain = fxai.at_layer(fxai.gradient, "layer3.0.conv1")(model_fn, params, x, 2)
     assert not torch.allclose(batch, plain)  # the noise reached the layer space
+    # through a transform, the baseline still maps to the layer: with no noise, SmoothGrad of IG is IG
+    quiet = fxai.at_layer(fxai.smoothgrad(fxai.integrated_gradients, samples=2, sigma=0.0), "layer2")
+    lig = fxai.at_layer(fxai.integrated_gradients, "layer2")
+    torch.testing.assert_close(quiet(model_fn, params, x, 2, key=0, baseline=0.1, steps=4),
+                               lig(model_fn, params, x, 2, baseline=0.1, steps=4), rtol=0, atol=1e-13)
     chunked = fxai.at_layer(fxai.integrated_gradients, "layer2")(model_fn, params, x, 2, steps=5, chunk_size=2)
     whole = fxai.at_layer(fxai.integrated_gradients, "layer2")(model_fn, params, x, 2, steps=5)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-13)

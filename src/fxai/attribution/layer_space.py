@@ -70,8 +70,9 @@ def at_layer(method, layer: str | None):
 
     The head :math:`h_x` runs the model on ``x`` with the layer's output replaced by ``a``; other
     paths from ``x`` (residual branches around the layer) still see ``x``. A ``baseline`` (input
-    space, as the method takes it; its default when not given) and ``references`` become their
-    activations at the layer, as in Captum's LayerIntegratedGradients (Sundararajan et al., 2017)
+    space, as the method takes it; its default when not given, except through a transform such as
+    ``fxai.smoothgrad(m)``, which does not show ``m``'s default: pass it there) and ``references``
+    become their activations at the layer, as in Captum's LayerIntegratedGradients (Sundararajan et al., 2017)
     and LayerGradientShap. So LayerGradient is ``at_layer(fxai.gradient, layer)``,
     LayerGradientXActivation ``at_layer(fxai.input_x_gradient, layer)`` and LayerIntegratedGradients
     ``at_layer(fxai.integrated_gradients, layer)``. Each input runs as its own call of ``method``
@@ -97,6 +98,8 @@ def at_layer(method, layer: str | None):
     if layer is not None and not isinstance(layer, str):
         raise TypeError(f"layer must be one dotted layer name such as 'layer3', or None; got {layer!r}")
     accepted = _options_of(method)
+    # a transform such as fxai.smoothgrad(m) takes **options and hands them to m
+    forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
 
     @functools.wraps(method)
     def layered(model_fn, params, x, target: TargetLike = None, **options):
@@ -106,15 +109,15 @@ def at_layer(method, layer: str | None):
         _, (act,) = tap(params, x.clone())
         resolved = as_target(target, x).fixed(model_fn, params, x)
         if "baseline" in accepted or "baseline" in options:
-            if "baseline" not in accepted:
+            if "baseline" not in accepted and not forwards:
                 raise TypeError(f"baseline: {getattr(method, '__name__', 'method')} takes no baseline")
-            default = accepted["baseline"].default
+            default = accepted["baseline"].default if "baseline" in accepted else inspect.Parameter.empty
             base = as_baseline(options.pop("baseline", 0.0 if default is inspect.Parameter.empty else default), x)
             options["baseline"] = forward_with_activations(model_fn, params, base, [name])[1][0]
         if options.get("references") is not None:
             refs = check_input(options["references"], name="references")
             options["references"] = forward_with_activations(model_fn, params, refs.to(x), [name])[1][0]
-        if "chunk_size" in accepted:
+        if "chunk_size" in accepted or forwards:
             options["chunk_size"] = auto_chunk(options.get("chunk_size"), x)
         maps = []
         for b in range(x.shape[0]):
