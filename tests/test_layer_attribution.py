@@ -279,3 +279,36 @@ def test_errors_name_the_argument():
         fxai.neuron(model_fn, params, x, (0, 0, 0))
     with pytest.raises(ValueError, match="out of range for a model with 1024 outputs"):
         fxai.gradient(neurons, params, x, 1024)
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow: FX cannot trace it, so the hook tap serves."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inner = nn.Linear(4, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.inner(x))
+        if bool(x.sum() > -1e9):  # always true, but data-dependent
+            h = h * 2
+        return self.head(h)
+
+
+def test_hook_tap_gives_the_same_numbers_and_leaves_nothing_behind():
+    model = Untraceable().double().eval()
+    model_fn, params = fxai.functional(model)
+    assert model_fn.graph_tap(("inner",)) is None  # FX gave up: the hook tap runs
+    x = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    W = model.head.weight
+    g = fxai.at_layer(fxai.gradient, "inner")(model_fn, params, x, 0)
+    a = model.inner(x)
+    torch.testing.assert_close(g, 2 * W[0] * (1 - torch.tanh(a) ** 2), rtol=0, atol=1e-14)
+    neurons = fxai.layer_output(model_fn, "inner")
+    torch.testing.assert_close(neurons(params, x), a, rtol=0, atol=1e-15)
+    snap = ModuleSnapshot(model)
+    with pytest.raises(ValueError, match="out of range"):
+        fxai.at_layer(fxai.gradient, "inner")(model_fn, params, x, 7)
+    snap.assert_unchanged()
