@@ -240,3 +240,13 @@ def test_target_sequences_are_validated():
         fxai.gradient(model_fn, params, x, True)
     nested = fxai.gradient(model_fn, params, x, [[0, 1], [2, 0], [1, 1]])
     assert nested.shape == (3, 2, 4)
+
+
+def test_the_documented_example_runs():
+    from pathlib import Path
+    import re
+    page = (Path(__file__).resolve().parents[1] / "docs" / "inputs.md").read_text()
+    (block,) = re.findall(r"^```python\n(.*?)^```", page, flags=re.S | re.M)
+    namespace = {}
+    exec(compile(block, "docs/inputs.md", "exec"), namespace)
+    assert namespace["g_view"].shape == (4, 12) and namespace["g_scale"] is None
