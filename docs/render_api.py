@@ -25,7 +25,7 @@ FAMILY_TITLES = {
 }
 # The methods and transforms come from the registry, by family; these are the building blocks around them.
 SECTIONS = [
-    ("Models as pure functions", ["functional", "FunctionalModel", "split"]),
+    ("Models as pure functions", ["functional", "FunctionalModel", "split", "fixed"]),
     *((title, [m.name for m in registry.ENTRIES.values() if m.family == family]) for family, title in FAMILY_TITLES.items()),
     ("Concept discovery", ["deep_feature_factorization", "Factorization"]),
     ("Layers and neurons ([layers.md](layers.md))", ["at_layer", "layer_conductance", "layer_output", "neuron",

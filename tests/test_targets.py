@@ -199,6 +199,8 @@ def test_wrong_rank_input(name, tiny_cnn, tiny_input):
 def test_not_a_tensor_input(tiny_cnn):
     model_fn, params = fxai.functional(tiny_cnn)
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        fxai.gradient(model_fn, params, "image.png", 0)
+    with pytest.raises(TypeError, match="every leaf of a structured input must be a tensor"):
         fxai.gradient(model_fn, params, [[0.0]], 0)
 
 

@@ -10,6 +10,7 @@ Every method is a pure function ``(model_fn, params, x, target, *, options) -> m
 from ._core.functional import FunctionalModel as FunctionalModel
 from ._core.functional import functional as functional
 from ._core.functional import split as split
+from ._core.structured import fixed as fixed
 from ._core.rules import relu_rule as relu_rule
 from ._core.rules import with_relu_rule as with_relu_rule
 from .attribution.deeplift import deeplift as deeplift
@@ -90,6 +91,7 @@ __all__ = [
     "deeplift",
     "deeplift_shap",
     "expected_gradients",
+    "fixed",
     "fold_batchnorm",
     "functional",
     "gradient",

@@ -65,6 +65,12 @@ class MethodInfo:
         return inspect.signature(fn).parameters
 
     @property
+    def structured(self) -> bool:
+        """Whether ``x`` may be a tuple or dict of tensors (with :func:`fxai.fixed` leaves riding along)."""
+        fn = self.fn(gradient.gradient) if self.kind == "transform" else self.fn
+        return getattr(fn, "structured", False)
+
+    @property
     def layered(self) -> bool:
         """Whether the method takes a ``layer``."""
         return "layer" in self.parameters

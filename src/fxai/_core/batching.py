@@ -19,6 +19,7 @@ from torch.func import vjp, vmap
 from torch.utils._pytree import tree_leaves, tree_map
 
 from .checks import check_positive_int
+from .structured import rows_from
 from .targets import Target, check_logits
 
 
@@ -56,20 +57,20 @@ def reporting(report):
 
 def row_chunks(rows: int, chunk_size: int | None, group: int = 1):
     """``(start, stop)`` ranges covering ``rows``, each at most ``chunk_size`` rows and a multiple of ``group``
-    (reported to :func:`reporting` as they are consumed, when a report is active)."""
+    (reported to :func:`reporting` as they are consumed, when a report is active). While the loop body runs,
+    the model is told that its rows start at ``start`` (see :func:`fxai._core.structured.rows_from`)."""
     if chunk_size is None or chunk_size >= rows:
         chunks = [(0, rows)]
     else:
         size = max(group, chunk_size // group * group)
         chunks = [(a, min(a + size, rows)) for a in range(0, rows, size)]
     report = _PROGRESS.get()
-    return chunks if report is None or len(chunks) == 1 else _reported(chunks, rows, report)
-
-
-def _reported(chunks, rows, report):
+    compiling = torch.compiler.is_compiling()  # dynamo cannot set context variables: no riders there
     for a, b in chunks:
-        yield a, b
-        report(b, rows)
+        with contextlib.nullcontext() if compiling else rows_from(a):
+            yield a, b
+        if report is not None and len(chunks) > 1:
+            report(b, rows)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:

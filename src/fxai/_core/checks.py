@@ -9,6 +9,11 @@ import torch
 
 def check_input(x, *, name: str = "x", min_ndim: int = 2, exact_ndim: int | None = None) -> torch.Tensor:
     """Check that ``x`` is a floating batch tensor ``[B, ...]`` and return it."""
+    if isinstance(x, (tuple, list, dict)):
+        raise TypeError(f"{name} is a {type(x).__name__}: this method takes one tensor batch [B, C, H, W]. "
+                        "Structured inputs (tuples or dicts of tensors) work with gradient, input_x_gradient, "
+                        "guided_backprop, deconvnet, integrated_gradients, expected_gradients, the SmoothGrad "
+                        "transforms, occlusion and rise")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor batch [B, C, H, W], got {type(x).__name__}")
     if not x.is_floating_point():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from . import structured
 from .skeleton import ThreadCopies, skeleton
 from .taps import bind_tap, global_hooks, trace_tap
 
@@ -82,7 +83,7 @@ class FunctionalModel:
         """This thread's structural copy of the module (tensors on ``meta``): what calls run."""
         return self._copies.get()
 
-    def tensors(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> Mapping[str, torch.Tensor]:
+    def tensors(self, params: Mapping[str, torch.Tensor], x) -> Mapping[str, torch.Tensor]:
         """``params`` checked for completeness, buffers detached, the module's integer and boolean buffers added."""
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be the dict of tensors fxai.functional(module) returned, "
@@ -93,18 +94,24 @@ class FunctionalModel:
                                                                else "")
             raise KeyError(f"params: missing {shown}; pass the dict fxai.functional(module) returned "
                            "(or one with the same keys)")
-        _check_like(params, x, self._names)
+        inputs = structured.leaves(x)
+        for leaf in inputs:
+            _check_like(params, leaf, self._names)
         tensors = dict(params)
         for k in self._buffers:  # native batch_norm refuses running statistics that require grad
             if tensors[k].requires_grad:  # (the same tensor otherwise: rules may look params up by identity)
                 tensors[k] = tensors[k].detach()
         if self._fixed:
-            fixed = self._fixed if not isinstance(x, torch.Tensor) else {k: v.to(x.device) for k, v in
-                                                                          self._fixed.items()}
+            fixed = self._fixed if not inputs else {k: v.to(inputs[0].device) for k, v in self._fixed.items()}
             tensors = {**fixed, **tensors}
         return tensors
 
-    def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, params: Mapping[str, torch.Tensor], x) -> torch.Tensor:
+        """``module(x)``; for a structured input, ``module(*x)`` (tuple or list) or ``module(**x)`` (dict)."""
+        if isinstance(x, dict):
+            return functional_call(self.skeleton, self.tensors(params, x), (), dict(x))
+        if isinstance(x, (tuple, list)):
+            return functional_call(self.skeleton, self.tensors(params, x), tuple(x))
         return functional_call(self.skeleton, self.tensors(params, x), (x,))
 
     def graph_tap(self, layers: tuple[str, ...]):

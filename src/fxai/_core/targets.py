@@ -1,7 +1,8 @@
 """Targets: which score of the model an attribution explains.
 
-A target is an ``int`` (one class for every input), a ``LongTensor[B]`` (one
-class per input), a ``LongTensor[B, K]`` (K classes per input, maps
+A target is an ``int`` (one class for every input; a one-element tensor or a
+numpy integer too), a ``LongTensor[B]`` (one class per input; a list, tuple or
+numpy array of ints too), a ``LongTensor[B, K]`` (K classes per input, maps
 ``[B, K, ...]``), ``None`` (the top-1 class on the clean input) or a callable
 ``logits -> scores`` returning one score per input, ``[B]``, from the logits
 of the batch, for segmentation masks, boxes or softmax scores.
@@ -9,12 +10,15 @@ of the batch, for segmentation masks, boxes or softmax scores.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.func import vmap
 
+from . import structured
 from .checks import check_finite
 
 TargetLike = int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
@@ -63,7 +67,7 @@ class Target:
         if not self.top1:
             return self
         with torch.no_grad():
-            logits = model_fn(params, x.clone())  # a copy: a model may write into its input
+            logits = model_fn(params, structured.clone(x))  # a copy: a model may write into its input
         check_logits(logits, x)
         return Target(self.batch, index=logits.argmax(-1, keepdim=True).detach())
 
@@ -97,40 +101,60 @@ class _Grouped:
 
 
 def as_target(target: TargetLike, x: torch.Tensor, *, name: str = "target") -> Target:
-    """Validate ``target`` for the batch ``x`` and return a :class:`Target`."""
-    batch = x.shape[0]
+    """Validate ``target`` for the batch ``x`` (a tensor or a structured input) and return a :class:`Target`."""
+    batch, device = structured.batch_size(x), structured.device_of(x)
     if target is None:
         return Target(batch)
     if callable(target) and not isinstance(target, torch.Tensor):
         return Target(batch, fn=target)
     if isinstance(target, bool):
         raise TypeError(f"{name} must be an int, a LongTensor [B] or [B, K], None or a callable; got a bool")
+    if isinstance(target, numbers.Integral) and not isinstance(target, int):  # numpy integers
+        target = int(target)
+    if isinstance(target, (list, tuple, np.ndarray)):
+        target = _from_sequence(target, name)
     if isinstance(target, int):
         if target < 0:
             raise ValueError(f"{name} must be a non-negative class index, got {target}")
-        return Target(batch, index=torch.full((batch, 1), target, dtype=torch.long, device=x.device))
+        return Target(batch, index=torch.full((batch, 1), target, dtype=torch.long, device=device))
     if isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"{name} must hold integer class indices, got dtype {target.dtype}")
-        if target.ndim == 0:
-            return as_target(int(target), x, name=name)
+        if target.ndim == 0 or (target.shape == (1,) and batch != 1):  # one class for the whole batch
+            return as_target(int(target.reshape(())), x, name=name)
         if target.ndim > 2 or target.shape[0] != batch or (target.ndim == 2 and target.shape[1] == 0):
             raise ValueError(f"{name} must have shape [B] or [B, K] with B = {batch} (the batch of x), "
                              f"got shape {tuple(target.shape)}")
         if target.numel() and not torch.compiler.is_compiling() and int(target.min()) < 0:
             raise ValueError(f"{name} holds negative class indices (min {int(target.min())})")
-        index = target.long().to(x.device)
+        index = target.long().to(device)
         return Target(batch, index=index if target.ndim == 2 else index[:, None], multi=target.ndim == 2)
     raise TypeError(f"{name} must be an int, a LongTensor [B] or [B, K], None or a callable logits -> scores; "
                     f"got {type(target).__name__}")
+
+
+def _from_sequence(target, name: str) -> torch.Tensor:
+    """A list, tuple or numpy array of class indices as a LongTensor (``[B]`` or, nested, ``[B, K]``)."""
+    try:
+        array = np.asarray(target)
+    except ValueError:
+        raise ValueError(f"{name}: a nested list of class indices must be rectangular, [B] or [B, K]") from None
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        if array.size == 0:
+            array = array.astype(np.int64)
+        else:
+            raise TypeError(f"{name} must hold integer class indices; got a {type(target).__name__} of "
+                            f"{array.dtype} (e.g. {target[0]!r})")
+    return torch.from_numpy(array.astype(np.int64))
 
 
 def check_logits(logits, x: torch.Tensor) -> None:
     """Check that ``model_fn`` returned a batch of outputs for the batch ``x``."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"model_fn must return a tensor of logits, got {type(logits).__name__}")
-    if logits.ndim == 0 or logits.shape[0] != x.shape[0]:
-        raise ValueError(f"model_fn returned shape {tuple(logits.shape)} for an input batch of {x.shape[0]}; "
+    batch = structured.batch_size(x)
+    if logits.ndim == 0 or logits.shape[0] != batch:
+        raise ValueError(f"model_fn returned shape {tuple(logits.shape)} for an input batch of {batch}; "
                          "x must be a batch [B, C, H, W] and model_fn must return [B, classes]")
     check_finite(logits, name="model_fn's output (for finite x)")
 

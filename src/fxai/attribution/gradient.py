@@ -6,11 +6,13 @@ import torch
 
 from .._core.batching import auto_chunk, expand_like, input_gradients
 from .._core.docs import documented
+from .._core.structured import accepts_structured
 from .._core.checks import check_input
 from .._core.targets import TargetLike, as_target
 
 
-@documented(x="input batch ``[B, ...]``.")
+@accepts_structured
+@documented(x="input batch ``[B, ...]``, or a tuple or dict of batches (:func:`fxai.fixed` marks leaves that are not attributed; maps come back in the same structure).")
 def gradient(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
              chunk_size: int | None = None) -> torch.Tensor:
     r"""Vanilla gradient (saliency): :math:`\partial f_c(x) / \partial x`.
@@ -30,7 +32,8 @@ def gradient(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
     return input_gradients(model_fn, params, x, as_target(target, x), chunk_size=chunk_size)
 
 
-@documented(x="input batch ``[B, ...]``.")
+@accepts_structured
+@documented(x="input batch ``[B, ...]``, or a tuple or dict of batches (:func:`fxai.fixed` marks leaves that are not attributed; maps come back in the same structure).")
 def input_x_gradient(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
                      chunk_size: int | None = None) -> torch.Tensor:
     r"""Input × gradient: :math:`x \odot \partial f_c(x) / \partial x`.

@@ -12,7 +12,7 @@ def _gradient_under(rule: str, name: str, doc: str):
     method = with_relu_rule(gradient, rule)
     method.__name__ = method.__qualname__ = name
     method.__doc__ = doc
-    return documented(method, x="input batch ``[B, ...]``.")
+    return documented(method, x="input batch ``[B, ...]``, or a tuple or dict of batches (:func:`fxai.fixed` marks leaves that are not attributed; maps come back in the same structure).")
 
 
 guided_backprop = _gradient_under("guided", "guided_backprop", r"""

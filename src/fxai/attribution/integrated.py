@@ -8,6 +8,7 @@ import torch
 from .._core import keys
 from .._core.batching import auto_chunk, expand_like, input_gradients, scores, unstack
 from .._core.docs import documented
+from .._core.structured import accepts_structured
 from .._core.checks import as_baseline, check_choice, check_input, check_positive_int
 from .._core.targets import TargetLike, as_target
 
@@ -46,12 +47,13 @@ def _completeness_error(model_fn, params, x, base, target, attribution, chunk_si
     return sums - (fx - fb)
 
 
+@accepts_structured
 @documented(steps="number of path points.",
             method="``\"riemann_left\"``, ``\"riemann_right\"``, ``\"riemann_middle\"``, ``\"riemann_trapezoid\"`` "
                    "or ``\"gausslegendre\"`` (see :func:`path_rule`).",
             return_error="also return the completeness error :math:`\\sum \\mathrm{IG} - (f_c(x) - f_c(b))`, shape "
                          "``[B]`` (or ``[B, K]``).",
-            x="input batch ``[B, ...]``.")
+            x="input batch ``[B, ...]``, or a tuple or dict of batches (:func:`fxai.fixed` marks leaves that are not attributed; maps come back in the same structure).")
 def integrated_gradients(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
                          baseline=0.0, steps: int = 50, method: str = "gausslegendre",
                          chunk_size: int | None = None, return_error: bool = False):
@@ -89,8 +91,9 @@ def integrated_gradients(model_fn, params, x: torch.Tensor, target: TargetLike =
     return attribution
 
 
+@accepts_structured
 @documented(references="reference batch ``[R, ...]`` (e.g. training images).",
-            samples="Monte-Carlo samples per input.", x="input batch ``[B, ...]``.")
+            samples="Monte-Carlo samples per input.", x="input batch ``[B, ...]``, or a tuple or dict of batches (:func:`fxai.fixed` marks leaves that are not attributed; maps come back in the same structure).")
 def expected_gradients(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
                        references: torch.Tensor, samples: int = 32, key: keys.Key | None = None,
                        chunk_size: int | None = None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from .._core import keys
 from .._core.batching import auto_chunk, row_chunks
 from .._core.checks import as_baseline, check_choice, check_input, check_positive_int
 from .._core.docs import documented
+from .._core.structured import accepts_structured
 from .._core.stacking import SCORES, clean_forward, per_input, row_scores, rows_of
 from .._core.targets import TargetLike, as_target
 from ..postprocess import upsample as _resize
@@ -41,12 +42,13 @@ def _rise_draw(key, num_masks: int, cell_size: int, p: float, x: torch.Tensor):
     return grid, shifts, cell
 
 
+@accepts_structured(one_leaf=True)
 @documented(num_masks="number of masks N.",
             cell_size="the grid has ``cell_size × cell_size`` cells (the paper's h = w = 7).",
             p="probability of keeping a cell, in (0, 1].",
             score="``\"softmax\"`` (target read from the softmax of the outputs, as in the paper) or ``\"logit\"`` "
                   "(from the raw outputs).",
-            x="input batch ``[B, C, H, W]``.",
+            x="input batch ``[B, C, H, W]``, or a tuple or dict of batches whose one attributed leaf is the image (:func:`fxai.fixed` marks the others).",
             chunk_size="at most this many masked inputs per forward pass;"
                        " ``None``: as many as fit 8 images of 3×224×224 (:func:`fxai._core.batching.auto_chunk`).")
 def rise(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, num_masks: int = 4000,
@@ -132,10 +134,11 @@ def _windows(window, stride, shape) -> list[torch.Tensor]:
     return indicators
 
 
+@accepts_structured(one_leaf=True)
 @documented(window="``(h, w)`` (or an int) occluding all channels at once, or one size per feature dimension, "
                    "e.g. ``(1, 8, 8)`` over ``(C, H, W)`` (Captum's ``sliding_window_shapes``).",
             stride="an int or one step per dimension of ``window``; at most the window.",
-            x="input batch ``[B, ...]`` (any feature shape).",
+            x="input batch ``[B, ...]`` (any feature shape), or a tuple or dict of batches whose one attributed leaf is occluded (:func:`fxai.fixed` marks the others).",
             chunk_size="at most this many occluded inputs per forward pass;"
                        " ``None``: as many as fit 8 images of 3×224×224 (:func:`fxai._core.batching.auto_chunk`).")
 def occlusion(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, window, stride,

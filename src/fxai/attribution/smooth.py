@@ -11,6 +11,8 @@ from .._core.batching import unstack
 from .._core.docs import documented
 from .._core.checks import check_input, check_positive_int
 from .._core.targets import as_target
+from .._core import structured
+from torch.utils._pytree import tree_flatten
 
 
 def noisy_maps(method, model_fn, params, x, target, /, *, samples: int, sigma: float, key,
@@ -22,20 +24,49 @@ def noisy_maps(method, model_fn, params, x, target, /, *, samples: int, sigma: f
     relative to the input's range. All copies go to ``method`` as one batch of
     ``S * B`` inputs, with the target fixed on the clean input.
     """
-    check_input(x)
+    if not structured.is_structured(x):
+        check_input(x)
+        _check_sigma(sigma)
     check_positive_int(samples, name="samples")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < float("inf"):
-        raise ValueError(f"sigma must be a non-negative number (noise std relative to the input range), got {sigma!r}")
     gen = keys.generator(key)
-    flat = x.flatten(1)
-    span = (flat.max(1).values - flat.min(1).values).view(-1, *([1] * (x.ndim - 1)))
-    noise = keys.normal(gen, (samples, *x.shape), x) * (sigma * span)
+    if structured.is_structured(x):
+        noisy = _noisy_structure(x, samples, sigma, gen)
+    else:
+        noisy = (x + _noise(x, samples, sigma, gen)).flatten(0, 1)
     resolved = as_target(target, x).fixed(model_fn, params, x)
     options = dict(options or {})
     if keys.takes_key(method):
         options["key"] = gen
-    maps = method(model_fn, params, (x + noise).flatten(0, 1), resolved.stacked(samples), **options)
-    return unstack(maps, samples)
+    maps = method(model_fn, params, noisy, resolved.stacked(samples), **options)
+    return structured.each(lambda m: unstack(m, samples), maps)
+
+
+def _check_sigma(sigma) -> float:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < float("inf"):
+        raise ValueError(f"sigma must be a non-negative number (noise std relative to the input range), got {sigma!r}")
+    return sigma
+
+
+def _noise(x: torch.Tensor, samples: int, sigma: float, gen) -> torch.Tensor:
+    flat = x.flatten(1)
+    span = (flat.max(1).values - flat.min(1).values).view(-1, *([1] * (x.ndim - 1)))
+    return keys.normal(gen, (samples, *x.shape), x) * (sigma * span)
+
+
+def _noisy_structure(x, samples: int, sigma, gen):
+    """``samples`` noisy copies of a structured input stacked on the batch axis: noise on the attributed leaves
+    (``sigma`` one number or one per leaf, in the structure of ``x``), the other leaves repeated."""
+    s = structured.Structure(x)
+    sigmas = [sigma] * len(s.leaves) if not structured.is_structured(sigma) else \
+        tree_flatten(sigma, is_leaf=lambda v: v is None)[0]
+    if len(sigmas) != len(s.leaves):
+        raise ValueError(f"sigma must be a number or have the structure of x ({s.spec})")
+    noisy = []
+    for i in s.attributed:
+        leaf = check_input(s.leaves[i], name=f"x (leaf {i})", min_ndim=1)
+        noisy.append((leaf + _noise(leaf, samples, _check_sigma(sigmas[i]), gen)).flatten(0, 1))
+    riders = {i: structured.fixed(r.repeat(samples, *([1] * (r.ndim - 1)))) for i, r in s.riders().items()}
+    return s.rebuild(noisy, riders)
 
 
 def _ensemble(reduce, name: str, doc: str):
@@ -44,7 +75,7 @@ def _ensemble(reduce, name: str, doc: str):
 
         @functools.wraps(method)
         def ensembled(model_fn, params, x, target=None, *, key=None, **options):
-            return reduce(noisy_maps(method, model_fn, params, x, target, samples=samples, sigma=sigma,
+            return structured.each(reduce, noisy_maps(method, model_fn, params, x, target, samples=samples, sigma=sigma,
                                      key=key, options=options))
 
         ensembled.__name__ = ensembled.__qualname__ = f"{name}({getattr(method, '__name__', 'method')})"
