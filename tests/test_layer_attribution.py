@@ -120,8 +120,10 @@ def test_hand_made_cnn_matches_captum(layer):
     model.relu2.inplace = False
     mod = _module(model, layer)
     target = torch.tensor([0, 4, 2])
-    lig = fxai.at_layer(fxai.integrated_gradients, layer)(model_fn, params, x, target, steps=STEPS)
-    _close(lig, captum_attr.LayerIntegratedGradients(model, mod).attribute(x, target=target, n_steps=STEPS), 1e-7)
+    base = torch.rand(3, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))  # one each
+    lig = fxai.at_layer(fxai.integrated_gradients, layer)(model_fn, params, x, target, steps=STEPS, baseline=base)
+    ref = captum_attr.LayerIntegratedGradients(model, mod).attribute(x, baselines=base, target=target, n_steps=STEPS)
+    _close(lig, ref, 1e-7)
     gxa = fxai.at_layer(fxai.input_x_gradient, layer)(model_fn, params, x, target)
     _close(gxa, captum_attr.LayerGradientXActivation(model, mod).attribute(x, target), 1e-12)
     cond = fxai.layer_conductance(model_fn, params, x, target, layer=layer, steps=STEPS, method="riemann_trapezoid")
@@ -206,9 +208,18 @@ def test_batch_equals_single_calls_and_noise_in_layer_space(resnet64):
     sg = fxai.at_layer(fxai.smoothgrad(fxai.gradient, samples=3, sigma=0.1), "layer3.0.conv1")
     batch = sg(model_fn, params, x, 2, key=7)
     assert torch.equal(batch, sg(model_fn, params, x, 2, key=7))
-    torch.testing.assert_close(batch[1:], sg(model_fn, params, x[1:], 2, key=7), rtol=0, atol=1e-13)
     plain = fxai.at_layer(fxai.gradient, "layer3.0.conv1")(model_fn, params, x, 2)
     assert not torch.allclose(batch, plain)  # the noise reached the layer space
+    lig = fxai.at_layer(fxai.integrated_gradients, "layer3.0.conv1")
+    torch.testing.assert_close(lig(model_fn, params, x, 2, steps=3)[1:], lig(model_fn, params, x[1:], 2, steps=3),
+                               rtol=0, atol=1e-13)
+    # a method without structured inputs runs once per input, with the same numbers
+    def one_tensor_ig(model_fn, params, x, target=None, *, baseline=0.0, steps=50, chunk_size=None):
+        return fxai.integrated_gradients(model_fn, params, x, target, baseline=baseline, steps=steps,
+                                         chunk_size=chunk_size)
+    looped = fxai.at_layer(one_tensor_ig, "layer3.0.conv1")
+    torch.testing.assert_close(looped(model_fn, params, x, 2, steps=3, baseline=0.2),
+                               lig(model_fn, params, x, 2, steps=3, baseline=0.2), rtol=0, atol=1e-13)
     # through a transform, the baseline still maps to the layer: with no noise, SmoothGrad of IG is IG
     quiet = fxai.at_layer(fxai.smoothgrad(fxai.integrated_gradients, samples=2, sigma=0.0), "layer2")
     lig = fxai.at_layer(fxai.integrated_gradients, "layer2")

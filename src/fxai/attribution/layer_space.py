@@ -19,6 +19,7 @@ import inspect
 import torch
 
 from .._core.batching import auto_chunk, unstack
+from .._core import structured
 from .._core.checks import as_baseline, check_input, check_positive_int
 from .._core.discovery import resolve_layers
 from .._core.docs import documented
@@ -27,22 +28,28 @@ from .._core.targets import Target, TargetLike, as_target
 from .integrated import _completeness_error, path_rule
 
 
-def _head(tap, x_row: torch.Tensor, act_row: torch.Tensor):
-    """``head(params, a) -> logits`` for rows ``a [n, ...]`` of one input: the forward from ``x_row`` with the
-    layer's output replaced by ``a`` (a tap adding ``a - act_row``)."""
-    def head(params, a):
-        xs = x_row.expand(a.shape[0], *x_row.shape[1:]).clone()  # a copy: a model may write into its input
-        logits, _ = tap(params, xs, (a - act_row,))
+def _head(tap):
+    """``head(params, (a, x, act)) -> logits``: the forward from ``x`` with the layer's output ``act`` replaced by
+    ``a`` (a tap adding ``a - act``); ``x`` and ``act`` are the rows' own input and activation."""
+    def head(params, inputs):
+        a, x, act = inputs
+        logits, _ = tap(params, x.clone(), (a - act,))  # a copy: a model may write into its input
         return logits
 
     return head
 
 
-def _row_target(target: Target, b: int):
-    """The part of a resolved target that concerns input ``b`` alone."""
+def _one_input(tap, x_row: torch.Tensor, act_row: torch.Tensor):
+    """The head for rows ``a [n, ...]`` of one input, for methods that take one tensor ``x`` only."""
+    head = _head(tap)
+    return lambda params, a: head(params, (a, x_row.expand(a.shape[0], *x_row.shape[1:]), act_row))
+
+
+def _rows_target(target: Target, rows: slice):
+    """The part of a resolved target that concerns ``rows`` of the batch."""
     if target.fn is not None:
         return target.fn
-    return target.index[b:b + 1] if target.multi else target.index[b:b + 1, 0]
+    return target.index[rows] if target.multi else target.index[rows, 0]
 
 
 def _options_of(method) -> dict:
@@ -75,10 +82,12 @@ def at_layer(method, layer: str | None):
     become their activations at the layer, as in Captum's LayerIntegratedGradients (Sundararajan et al., 2017)
     and LayerGradientShap. So LayerGradient is ``at_layer(fxai.gradient, layer)``,
     LayerGradientXActivation ``at_layer(fxai.input_x_gradient, layer)`` and LayerIntegratedGradients
-    ``at_layer(fxai.integrated_gradients, layer)``. Each input runs as its own call of ``method``
-    (its steps or samples stacked as usual), so a callable target scores the rows of one input;
-    ``chunk_size=None`` is sized from ``x``, since every row runs the model from ``x``. The layer's
-    output is attributed, not its input.
+    ``at_layer(fxai.integrated_gradients, layer)``. The method gets the structured input
+    ``(a, fixed(x), fixed(a))``: ``x`` and the activation ride with their rows through steps, noise
+    samples and chunks (:func:`fxai.fixed`). A method without structured inputs runs once per input
+    (a callable target then scores the rows of one input). ``chunk_size=None`` is sized from ``x``,
+    since every row runs the model from ``x``. ``x`` is one tensor; the layer's output is attributed,
+    not its input.
 
     {args}
 
@@ -112,23 +121,34 @@ def at_layer(method, layer: str | None):
             if "baseline" not in accepted and not forwards:
                 raise TypeError(f"baseline: {getattr(method, '__name__', 'method')} takes no baseline")
             default = accepted["baseline"].default if "baseline" in accepted else inspect.Parameter.empty
-            base = as_baseline(options.pop("baseline", 0.0 if default is inspect.Parameter.empty else default), x)
+            raw = options.pop("baseline", 0.0 if default is inspect.Parameter.empty else default)
+            shared = not callable(raw) and (not isinstance(raw, torch.Tensor) or raw.ndim < x.ndim
+                                            or raw.shape[0] == 1)  # one baseline for every input: one row
+            base = as_baseline(raw, x[:1] if shared else x)
             options["baseline"] = forward_with_activations(model_fn, params, base, [name])[1][0]
         if options.get("references") is not None:
             refs = check_input(options["references"], name="references")
             options["references"] = forward_with_activations(model_fn, params, refs.to(x), [name])[1][0]
         if "chunk_size" in accepted or forwards:
             options["chunk_size"] = auto_chunk(options.get("chunk_size"), x)
-        maps = []
+        if getattr(method, "structured", False):  # one call: x and act ride with their rows
+            for opt in ("baseline", "references"):
+                if opt in options:
+                    options[opt] = (options[opt], None, None)
+            out = method(_head(tap), params, (act, structured.fixed(x), structured.fixed(act)),
+                         _rows_target(resolved, slice(None)), **options)
+            return (out[0][0], *out[1:]) if isinstance(out[0], tuple) else out[0]
+        maps = []  # a method that takes one tensor: one call per input, so that every row's input is known
         for b in range(x.shape[0]):
             row = dict(options)
-            if "baseline" in options:
+            if "baseline" in options and options["baseline"].shape[0] > 1:
                 row["baseline"] = options["baseline"][b:b + 1]
-            maps.append(method(_head(tap, x[b:b + 1], act[b:b + 1]), params, act[b:b + 1], _row_target(resolved, b),
-                               **row))
+            maps.append(method(_one_input(tap, x[b:b + 1], act[b:b + 1]), params, act[b:b + 1],
+                               _rows_target(resolved, slice(b, b + 1)), **row))
         return _cat(maps)
 
     del layered.__wrapped__
+    layered.__dict__.pop("structured", None)  # x is one tensor here
     layered.__name__ = layered.__qualname__ = f"at_layer({getattr(method, '__name__', 'method')}, {layer!r})"
     layered.__doc__ = f"{getattr(method, '__name__', 'method')} attributing to the output of layer {layer!r}."
     return layered
