@@ -323,3 +323,26 @@ def test_hook_tap_gives_the_same_numbers_and_leaves_nothing_behind():
     with pytest.raises(ValueError, match="out of range"):
         fxai.at_layer(fxai.gradient, "inner")(model_fn, params, x, 7)
     snap.assert_unchanged()
+
+
+class TwoViews(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(12, 8), nn.Linear(6, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, view, extra, scale):
+        return self.head(torch.tanh(self.a(view) + self.b(extra)) * scale[:, None])
+
+
+def test_neurons_of_a_model_with_several_inputs():
+    model = TwoViews().double().eval()
+    model_fn, params = fxai.functional(model)
+    g = torch.Generator().manual_seed(9)
+    view, extra, scale = (torch.rand(4, n, dtype=torch.float64, generator=g) for n in (12, 6, 1))
+    neurons = fxai.layer_output(model_fn, "b")
+    g_view, g_extra, g_scale = fxai.gradient(neurons, params, (view, extra, fxai.fixed(scale[:, 0])), 5)
+    torch.testing.assert_close(g_view, torch.zeros_like(view), rtol=0, atol=0)
+    torch.testing.assert_close(g_extra, model.b.weight[5].expand(4, 6), rtol=0, atol=1e-15)
+    assert g_scale is None

@@ -56,7 +56,9 @@ def layer_output(model_fn, layer: str) -> LayerOutput:
     :func:`fxai.integrated_gradients` (Sundararajan et al., 2017, applied to a hidden unit as in
     Dhamdhere et al., "How Important Is a Neuron?", 2018). Name a neuron by its position, a
     channel or a region with :func:`fxai.neuron`. A top-1 target (``None``) is the most active
-    neuron. The activation is the module's output (not its input).
+    neuron. The activation is the module's output (not its input). A model of several inputs works
+    too (``x`` a tuple or dict, :func:`fxai.fixed` leaves riding along), through the methods that take
+    them; :func:`fxai.neuron` needs a tensor ``x``, so name neurons there by their flat index.
 
     {args}
 
