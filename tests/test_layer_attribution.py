@@ -346,3 +346,23 @@ def test_neurons_of_a_model_with_several_inputs():
     torch.testing.assert_close(g_view, torch.zeros_like(view), rtol=0, atol=0)
     torch.testing.assert_close(g_extra, model.b.weight[5].expand(4, 6), rtol=0, atol=1e-15)
     assert g_scale is None
+
+
+def test_tail_only_where_nothing_bypasses_the_layer(resnet64):
+    from fxai._core.layers import tapped
+    from fxai._core.tails import tail
+    from fxai.attribution.layer_space import _head
+
+    model, x = resnet64
+    model_fn, params = fxai.functional(model)
+    assert tail(model_fn, "layer3.0.conv1") is None and tail(model_fn, "layer4.1.bn2") is None  # residual branches
+    tap = tapped(model_fn, ["layer2"])
+    _, (act,) = tap(params, x)
+    before = act.clone()
+    torch.testing.assert_close(tail(model_fn, "layer2")(params, act), model(x), rtol=0, atol=1e-13)
+    assert torch.equal(act, before)
+    # the tail and the whole forward with the layer's output replaced give the same attributions
+    by_tail = fxai.at_layer(fxai.integrated_gradients, "layer2")(model_fn, params, x, 3, steps=3)
+    whole = fxai.integrated_gradients(_head(tap), params, (act, fxai.fixed(x), fxai.fixed(act)), 3, steps=3,
+                                      baseline=(tap(params, torch.zeros_like(x))[1][0], None, None))[0]
+    torch.testing.assert_close(by_tail, whole, rtol=0, atol=1e-13)

@@ -24,6 +24,7 @@ from .._core.checks import as_baseline, check_input, check_positive_int
 from .._core.discovery import resolve_layers
 from .._core.docs import documented
 from .._core.layers import forward_with_activations, layer_gradients, tapped
+from .._core.tails import tail
 from .._core.targets import Target, TargetLike, as_target
 from .integrated import _completeness_error, path_rule
 
@@ -76,13 +77,15 @@ def at_layer(method, layer: str | None):
               h_x(a) = f\big(x \text{ with } a_\ell \leftarrow a\big)
 
     The head :math:`h_x` runs the model on ``x`` with the layer's output replaced by ``a``; other
-    paths from ``x`` (residual branches around the layer) still see ``x``. A ``baseline`` (input
+    paths from ``x`` (residual branches around the layer) still see ``x``. When no path bypasses the
+    layer, the head is the model's graph after the layer alone (:func:`fxai._core.tails.tail`), and
+    nothing before the layer runs again for the method's rows. A ``baseline`` (input
     space, as the method takes it; its default when not given, except through a transform such as
     ``fxai.smoothgrad(m)``, which does not show ``m``'s default: pass it there) and ``references``
     become their activations at the layer, as in Captum's LayerIntegratedGradients (Sundararajan et al., 2017)
     and LayerGradientShap. So LayerGradient is ``at_layer(fxai.gradient, layer)``,
     LayerGradientXActivation ``at_layer(fxai.input_x_gradient, layer)`` and LayerIntegratedGradients
-    ``at_layer(fxai.integrated_gradients, layer)``. The method gets the structured input
+    ``at_layer(fxai.integrated_gradients, layer)``. Otherwise the method gets the structured input
     ``(a, fixed(x), fixed(a))``: ``x`` and the activation ride with their rows through steps, noise
     samples and chunks (:func:`fxai.fixed`). A method without structured inputs runs once per input
     (a callable target then scores the rows of one input). ``chunk_size=None`` is sized from ``x``,
@@ -131,6 +134,9 @@ def at_layer(method, layer: str | None):
             options["references"] = forward_with_activations(model_fn, params, refs.to(x), [name])[1][0]
         if "chunk_size" in accepted or forwards:
             options["chunk_size"] = auto_chunk(options.get("chunk_size"), x)
+        rest = tail(model_fn, name)
+        if rest is not None:  # nothing bypasses the layer: the model after it is a function of the activation
+            return method(rest, params, act, _rows_target(resolved, slice(None)), **options)
         if getattr(method, "structured", False):  # one call: x and act ride with their rows
             for opt in ("baseline", "references"):
                 if opt in options:
