@@ -4,7 +4,8 @@
   ``LayerIntegratedGradients(model, model.layer3)`` with ``internal_batch_size`` set to fxai's default
   chunk (rows of 8 images at 224×224, as a tuned Captum user sets it); floor: the trunk up to ``layer3``
   once, then ``layer4``, pooling and ``fc`` forward and backward over the stacked layer-space path rows
-  (both fxai and Captum run the trunk again for every row, since paths that bypass a layer need ``x``).
+  (Captum runs the trunk again for every row; fxai runs only the graph after ``layer3``, which nothing
+  bypasses).
 - ``conductance``: ``fxai.layer_conductance(..., layer="layer3", method="gausslegendre")`` against
   ``LayerConductance``; floor: one forward over the ``steps + 1`` stacked input rows and one backward from
   the scores to ``layer3``'s output.
