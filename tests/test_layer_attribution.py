@@ -348,9 +348,9 @@ def test_neurons_of_a_model_with_several_inputs():
     assert g_scale is None
 
 
-def test_tail_only_where_nothing_bypasses_the_layer(resnet64):
+def test_cut_graphs_tail_only_where_nothing_bypasses_the_layer(resnet64):
     from fxai._core.layers import tapped
-    from fxai._core.tails import tail
+    from fxai._core.tails import tail, upto
     from fxai.attribution.layer_space import _head
 
     model, x = resnet64
@@ -361,6 +361,7 @@ def test_tail_only_where_nothing_bypasses_the_layer(resnet64):
     before = act.clone()
     torch.testing.assert_close(tail(model_fn, "layer2")(params, act), model(x), rtol=0, atol=1e-13)
     assert torch.equal(act, before)
+    torch.testing.assert_close(upto(model_fn, "layer2")(params, x), act, rtol=0, atol=0)
     # the tail and the whole forward with the layer's output replaced give the same attributions
     by_tail = fxai.at_layer(fxai.integrated_gradients, "layer2")(model_fn, params, x, 3, steps=3)
     whole = fxai.integrated_gradients(_head(tap), params, (act, fxai.fixed(x), fxai.fixed(act)), 3, steps=3,

@@ -17,13 +17,15 @@ from .._core.checks import check_input
 from .._core.discovery import resolve_layers
 from .._core.docs import documented
 from .._core.layers import activation_shapes, tapped
+from .._core.tails import upto
 
 
 class LayerOutput:
     """``model_fn`` seen through one of its layers: ``(params, x) -> activation.flatten(1)``, ``[B, N]``.
 
-    Made by :func:`layer_output`. ``model_fn`` and ``layer`` are kept; calls run the
-    whole tapped forward (the layer's output is read where it is produced).
+    Made by :func:`layer_output`. ``model_fn`` and ``layer`` are kept; calls run the model's
+    graph up to the layer (:func:`fxai._core.tails.upto`), or the whole forward with the layer tapped
+    where the model has no FX graph.
     """
 
     __slots__ = ("model_fn", "layer", "_tap")
@@ -33,7 +35,8 @@ class LayerOutput:
         self._tap = tapped(model_fn, [layer])
 
     def __call__(self, params, x: torch.Tensor) -> torch.Tensor:
-        _, (act,) = self._tap(params, x)
+        first = upto(self.model_fn, self.layer)  # this thread's graph up to the layer, when there is one
+        act = first(params, x) if first is not None else self._tap(params, x)[1][0]
         return act.flatten(1)
 
     def shape(self, params, x: torch.Tensor) -> torch.Size:
