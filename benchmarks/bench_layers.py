@@ -6,6 +6,9 @@
   once, then ``layer4``, pooling and ``fc`` forward and backward over the stacked layer-space path rows
   (Captum runs the trunk again for every row; fxai runs only the graph after ``layer3``, which nothing
   bypasses).
+- ``layer IG, bypassed layer``: the same at ``layer3.0.conv1``, which the block's shortcut bypasses, so every
+  row runs the model from ``x``; floor: the model on the stacked copies of ``x`` with the layer's output
+  replaced by the path rows (a forward hook), backward to them.
 - ``conductance``: ``fxai.layer_conductance(..., layer="layer3", method="gausslegendre")`` against
   ``LayerConductance``; floor: one forward over the ``steps + 1`` stacked input rows and one backward from
   the scores to ``layer3``'s output.
@@ -36,6 +39,17 @@ from timing import interleaved_medians
 def _gl(steps, x):
     alphas, weights = fxai.path_rule("gausslegendre", steps)
     return alphas.to(x.dtype), weights.to(x.dtype)
+
+
+def _activations(model, layer, x):
+    store = []
+    handle = layer.register_forward_hook(lambda m, i, o: store.append(o))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return store[0]
 
 
 def main(argv=None):
@@ -74,6 +88,22 @@ def main(argv=None):
         path = (a0 + alphas.view(-1, 1, 1, 1, 1) * (a - a0)).flatten(0, 1)
         return chunked(path, lambda rows, i: torch.autograd.grad(scores(tail(rows.requires_grad_()), i), rows)[0])
 
+    inner = model.layer3[0].conv1  # bypassed by the block's shortcut: every row runs the model from x
+
+    def floor_bypassed_ig():
+        a, a0 = _activations(model, inner, x), _activations(model, inner, torch.zeros_like(x))
+        path = (a0 + alphas.view(-1, 1, 1, 1, 1) * (a - a0)).flatten(0, 1)
+        xs = x.repeat(steps, 1, 1, 1)
+
+        def one(rows, i):
+            rows = rows.requires_grad_()
+            handle = inner.register_forward_hook(lambda m, inp, out: rows)
+            try:
+                return torch.autograd.grad(scores(model(xs[i:i + rows.shape[0]]), i), rows)[0]
+            finally:
+                handle.remove()
+        return chunked(path, one)
+
     def floor_conductance():
         def one(rows, i):
             acts = trunk(rows)
@@ -93,6 +123,13 @@ def main(argv=None):
             "captum": lambda: LayerIntegratedGradients(model, model.layer3).attribute(
                 x, target=target, n_steps=steps, internal_batch_size=chunk),
             "floor": floor_layer_ig,
+        },
+        "layer IG, bypassed layer": {
+            "fxai": lambda: fxai.at_layer(fxai.integrated_gradients, "layer3.0.conv1")(model_fn, params, x, target,
+                                                                                       steps=steps),
+            "captum": lambda: LayerIntegratedGradients(model, inner).attribute(
+                x, target=target, n_steps=steps, internal_batch_size=chunk),
+            "floor": floor_bypassed_ig,
         },
         "conductance": {
             "fxai": lambda: fxai.layer_conductance(model_fn, params, x, target, layer="layer3", steps=steps,
