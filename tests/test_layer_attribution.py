@@ -127,7 +127,8 @@ def test_hand_made_cnn_matches_captum(layer):
     gxa = fxai.at_layer(fxai.input_x_gradient, layer)(model_fn, params, x, target)
     _close(gxa, captum_attr.LayerGradientXActivation(model, mod).attribute(x, target), 1e-12)
     cond = fxai.layer_conductance(model_fn, params, x, target, layer=layer, steps=STEPS, method="riemann_trapezoid")
-    ref = captum_attr.LayerConductance(model, mod).attribute(x, target=target, n_steps=STEPS, method="riemann_trapezoid")
+    ref = captum_attr.LayerConductance(model, mod).attribute(x, target=target, n_steps=STEPS,
+                                                             method="riemann_trapezoid")
     _close(cond, ref, 1e-12)
     neurons = fxai.layer_output(model_fn, layer)
     ng = fxai.gradient(neurons, params, x, fxai.neuron(neurons, params, x, (1, 2, 3)))
