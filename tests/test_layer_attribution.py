@@ -368,3 +368,16 @@ def test_cut_graphs_tail_only_where_nothing_bypasses_the_layer(resnet64):
     whole = fxai.integrated_gradients(_head(tap), params, (act, fxai.fixed(x), fxai.fixed(act)), 3, steps=3,
                                       baseline=(tap(params, torch.zeros_like(x))[1][0], None, None))[0]
     torch.testing.assert_close(by_tail, whole, rtol=0, atol=1e-13)
+
+
+def test_split_model_layer_is_its_features():
+    w = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    features = lambda p, x: torch.tanh(x @ p["w"])  # noqa: E731
+    head = lambda p, a: a @ p["v"]  # noqa: E731
+    params = {"w": w, "v": torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(11))}
+    model_fn = fxai.split(features, head)
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    a = features(params, x)
+    torch.testing.assert_close(fxai.at_layer(fxai.input_x_gradient, None)(model_fn, params, x, 1),
+                               a * params["v"][:, 1], rtol=0, atol=1e-15)
+    torch.testing.assert_close(fxai.layer_output(model_fn, "features")(params, x), a, rtol=0, atol=0)
