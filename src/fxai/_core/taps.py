@@ -36,6 +36,7 @@ import torch.fx as fx
 from torch import nn
 from torch.func import functional_call
 
+from .outputs import pick
 from .skeleton import copy_skeleton
 
 
@@ -217,7 +218,8 @@ def module_tap(model_fn, layers: list[str]):
 
         def graph_fn(params, x, deltas=None):
             tensors = model_fn.tensors(params, x)
-            return functional_call(gm, {k: v for k, v in tensors.items() if k in names}, (x, deltas))
+            out, acts = functional_call(gm, {k: v for k, v in tensors.items() if k in names}, (x, deltas))
+            return pick(out, model_fn.output), acts
 
         return graph_fn
 
