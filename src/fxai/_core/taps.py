@@ -156,6 +156,8 @@ def trace_tap(module: nn.Module, layers: list[str], *, copy: bool = True):
                 _fetch(module, n.target)
             except AttributeError:
                 constants[n.target] = _fetch(root, n.target)
+                if constants[n.target].device.type == "meta":  # computed while tracing from a placeholder buffer
+                    return None  # (timm's Swin indexes with a view of one): its values are unknown, the hook tap serves
     return graph, constants
 
 
