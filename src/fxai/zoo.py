@@ -50,7 +50,13 @@ def is_zoo_name(name: str) -> bool:
 
 
 def load_model(name: str, *, weights: str | None = None, pretrained: bool = False):
-    """``(module in eval mode, class names or None, Preprocessing)`` for ``timm:NAME``, ``hf:FOLDER`` or a folder."""
+    """``(module in eval mode, class names or None, Preprocessing)`` for ``timm:NAME``, ``hf:FOLDER`` or a folder.
+
+    Example:
+        >>> module, names, prep = load_model("timm:resnet18")  # random weights (needs timm)
+        >>> prep.crop, prep.interpolation
+        (224, 'bicubic')
+    """
     if name.startswith("timm:"):
         return _timm_model(name.removeprefix("timm:"), weights, pretrained)
     return _hf_model(name.removeprefix("hf:"), weights, pretrained)
