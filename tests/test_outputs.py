@@ -207,3 +207,17 @@ def test_other_objects_ask_for_a_callable(x):
     torch.testing.assert_close(model_fn(params, x), x.flatten(1), rtol=0, atol=0)
     model_fn, params = fxai.functional(Model(), output="t")  # an attribute of any object
     torch.testing.assert_close(model_fn(params, x), x.flatten(1), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, output", [("tuple", 1), ("model_output", None)])
+def test_compiled_picks_the_logits(kind, output, plain, x):
+    if kind == "model_output":
+        pytest.importorskip("transformers")
+    run = fxai.compiled(fxai.grad_cam, Wrapped(kind), output=output, backend="aot_eager", layer="net.layer4")
+    ref_fn, ref_params = plain
+    torch.testing.assert_close(run(x, 3), fxai.grad_cam(ref_fn, ref_params, x, 3, layer="net.layer4"),
+                               rtol=1e-5, atol=1e-6)
+    model_fn, params = fxai.functional(Wrapped(kind), output=output)
+    compiled_fn = torch.compile(model_fn, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled_fn(params, x), ref_fn(ref_params, x), rtol=1e-6, atol=1e-6)
