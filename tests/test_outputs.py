@@ -104,6 +104,8 @@ def test_every_family_sees_the_logits(kind, output, plain, x):
         lambda f, p: fxai.grad_cam(f, p, x, torch.tensor([[0, 3], [1, 4]]), layer="net.layer4"),  # FX tap
         lambda f, p: fxai.score_cam(f, p, x, 1, layer="net.layer4"),
         lambda f, p: fxai.occlusion(f, p, x, 2, window=(8, 8), stride=(8, 8)),
+        lambda f, p: fxai.guided_backprop(f, p, x, 0),  # a torch-function mode around the picking
+        lambda f, p: fxai.deeplift(f, p, x, 4),
         lambda f, p: fxai.metrics.deletion(f, p, x, 2, fxai.gradient(f, p, x, 2), steps=4),
     ]
     for call in calls:
