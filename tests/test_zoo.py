@@ -144,14 +144,38 @@ def test_hf_preprocessing_equals_the_processor(png, tmp_path):
     assert zoo.hf_preprocessing(processors[1]) == zoo.Preprocessing(40, 32, (0.5,) * 3, (0.5,) * 3, "bicubic")
 
 
-def test_hf_model_through_the_cam_family_against_pytorch_grad_cam(tmp_path):
-    """A HuggingFace ViT (ModelOutput, class token) with Grad-CAM at the default layer, against pytorch-grad-cam
-    with its documented ViT reshape on a wrapper returning the logits."""
+def _hf_tiny(kind):
+    """A tiny random-weight HuggingFace classifier, the default CAM layer it should get, and the reshape
+    pytorch-grad-cam documents for it (ViT: drop the class token; Swin: tokens to a grid)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "vit":
+        cfg = transformers.ViTConfig(image_size=32, patch_size=8, num_hidden_layers=2, hidden_size=32,
+                                     num_attention_heads=2, intermediate_size=64, num_labels=3)
+        model = transformers.ViTForImageClassification(cfg)
+        return model, ".1.layernorm_before", lambda t: t[:, 1:, :].unflatten(1, (4, 4)).permute(0, 3, 1, 2)
+    if kind == "swin":
+        cfg = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 1],
+                                      window_size=4, num_labels=3)
+        model = transformers.SwinForImageClassification(cfg)
+        return model, "layers.1.blocks.0.layernorm_before", lambda t: t.unflatten(1, (4, 4)).permute(0, 3, 1, 2)
+    cfg = transformers.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3)
+    return transformers.ConvNextForImageClassification(cfg), "encoder.stages.1", None
+
+
+@pytest.mark.parametrize("kind", ["vit", "swin", "convnext"])
+def test_hf_models_with_grad_cam_against_pytorch_grad_cam(kind):
+    """HuggingFace classifiers (ModelOutput; class token, Swin tokens, ConvNeXt maps) with Grad-CAM at the default
+    layer, against pytorch-grad-cam with its documented reshape on a wrapper returning the logits."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    model, _ = _hf_folder(tmp_path / "vit")
+    from fxai._core.discovery import resolve_layers
+    model, suffix, reshape = _hf_tiny(kind)
+    model.eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     model_fn, params = fxai.functional(model)
+    (layer,) = resolve_layers(model_fn, None, params=params, x=x)
+    assert layer.endswith(suffix)
     got = fxai.grad_cam(model_fn, params, x, 2)
 
     class Logits(torch.nn.Module):
@@ -162,18 +186,10 @@ def test_hf_model_through_the_cam_family_against_pytorch_grad_cam(tmp_path):
         def forward(self, inp):
             return self.m(inp).logits
 
-    layer = dict(model.named_modules())[_default_layer(model_fn, params, x)]
-    reshape = lambda t: t[:, 1:, :].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)  # noqa: E731
-    with GradCAM(model=Logits(model), target_layers=[layer], reshape_transform=reshape) as oracle:
+    with GradCAM(model=Logits(model), target_layers=[model.get_submodule(layer)], reshape_transform=reshape) as oracle:
         want = torch.from_numpy(oracle(input_tensor=x.clone(), targets=[ClassifierOutputTarget(2)] * 2))
+    assert float(got.amax()) > 0
     torch.testing.assert_close(fxai.postprocess.normalize(got), want, rtol=1e-5, atol=2e-5)
-
-
-def _default_layer(model_fn, params, x):
-    from fxai._core.discovery import resolve_layers
-    (layer,) = resolve_layers(model_fn, None, params=params, x=x)
-    assert layer.endswith("layernorm_before") and ".1." in layer  # the first norm of the last block
-    return layer
 
 
 def test_hf_errors(tmp_path):
