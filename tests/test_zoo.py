@@ -80,6 +80,18 @@ def test_timm_errors(monkeypatch):
         zoo.load_model("timm:vit_tiny")
     with pytest.raises(loading.UsageError, match=r"give a timm model name, e.g. timm:resnet18"):
         zoo.load_model("timm:")
+    timm = sys.modules["timm"]
+
+    def offline_create(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return original(name, pretrained=pretrained, **kw)
+
+    original = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline_create)
+    with pytest.raises(loading.UsageError, match=r"cannot get timm's pretrained weights of resnet18 \(OSError: We "
+                                                 r"couldn't connect.*if offline, .* pass it with --weights FILE"):
+        zoo.load_model("timm:resnet18", pretrained=True)
     monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed
     with pytest.raises(loading.UsageError, match=r"needs timm, which is not installed: pip install timm"):
         zoo.load_model("timm:resnet18")
