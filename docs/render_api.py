@@ -28,7 +28,8 @@ SECTIONS = [
     ("Models as pure functions", ["functional", "FunctionalModel", "split", "fixed"]),
     *((title, [m.name for m in registry.ENTRIES.values() if m.family == family]) for family, title in FAMILY_TITLES.items()),
     ("Concept discovery", ["deep_feature_factorization", "Factorization"]),
-    ("Building blocks", ["path_rule", "with_relu_rule", "relu_rule", "fold_batchnorm", "to_grid"]),
+    ("Building blocks", ["path_rule", "with_relu_rule", "relu_rule", "fold_batchnorm", "to_grid",
+                         "segmentation_target"]),
     ("Compilation", ["compiled"]),
 ]
 
