@@ -51,8 +51,8 @@ def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
 
 def test_job_list_and_config_guard(tmp_path):
     ids = [j["id"] for j in pipeline.job_list(TINY)]
-    assert ids == ["baseline-r0", "baseline-r1", "roar-random-mean-0.5-r0", "roar-random-mean-0.5-r1",
-                   "roar-sobel-mean-0.5-r0", "roar-sobel-mean-0.5-r1"]
+    assert ids == ["baseline-r0", "roar-random-mean-0.5-r0", "roar-sobel-mean-0.5-r0",
+                   "baseline-r1", "roar-random-mean-0.5-r1", "roar-sobel-mean-0.5-r1"]
     both = pipeline.RoarConfig(methods=("gradient", "random"), fractions=(0.5,), repeats=1)
     assert [j["id"] for j in pipeline.job_list(both)][1:] == [
         "roar-gradient-mean-0.5-r0", "kar-gradient-mean-0.5-r0", "roar-random-mean-0.5-r0",
