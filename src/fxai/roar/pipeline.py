@@ -53,7 +53,7 @@ class RoarConfig:
     options: dict = dataclasses.field(default_factory=lambda: dict(METHOD_OPTIONS))
     reduce: str = "abs_sum"
     map_dtype: str = "float32"
-    fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    fractions: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     modes: tuple[str, ...] = ("roar", "kar")
     fills: tuple[str, ...] = ("mean",)
     control_fills: tuple[str, ...] = ("noisy_linear",)
