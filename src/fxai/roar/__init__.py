@@ -21,13 +21,15 @@ _NAMES = {
     "run": "runner", "run_job": "pipeline", "sobel_map": "methods", "work": "pipeline", "write_report": "report",
 }
 _RENAMED = {"write_report": "write"}
+_SUBMODULES = ("cli", "datasets", "dist", "extraction", "jobs", "methods", "nets", "pipeline", "removal", "report",
+               "runner", "train")
 
 __all__ = sorted([*_NAMES, "jobs"])
 
 
 def __getattr__(name: str):
-    if name == "jobs":
-        return importlib.import_module(".jobs", __name__)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name not in _NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), _RENAMED.get(name, name))
