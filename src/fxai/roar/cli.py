@@ -170,7 +170,8 @@ def _extract(args) -> int:
     from .nets import CAM_LAYERS, build
 
     data = datasets.load(args.dataset, root=args.data_dir, size=args.size or _D.size,
-                         classes=args.classes or _D.classes, train_count=args.train_count, test_count=args.test_count, seed=args.seed or 0)
+                         classes=args.classes or _D.classes, train_count=args.train_count,
+                         test_count=args.test_count, seed=args.seed or 0)
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(f"--weights: no such file {args.weights}")
     if args.weights.endswith(".safetensors"):

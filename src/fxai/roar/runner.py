@@ -50,9 +50,10 @@ def run(out: str = "fxai-roar", config: pipeline.RoarConfig = pipeline.RoarConfi
     """Run the ROAR/KAR benchmark in the folder ``out`` (resumable) and return the report's data.
 
     ``workers`` local processes (this one and ``workers - 1`` spawned ones, each on ``threads`` threads,
-    default ``cores // workers``) share the maps and the grid (default: one per CPU core up to 4 on the CPU, one on a GPU); under ``torchrun`` the launched ranks form one data-parallel worker instead. ``only`` runs a
-    single stage: ``"prepare"`` (data, model, maps, grid), ``"work"`` (take jobs until none is left, e.g.
-    on more machines sharing ``out``) or ``"report"``.
+    default ``cores // workers``) share the maps and the grid (default: one per CPU core up to 4 on the
+    CPU, one on a GPU); under ``torchrun`` the launched ranks form one data-parallel worker instead.
+    ``only`` runs a single stage: ``"prepare"`` (data, model, maps, grid), ``"work"`` (take jobs until none
+    is left, e.g. on more machines sharing ``out``) or ``"report"``.
 
     Example:
         >>> summary = fxai.roar.run("roar-quick", fxai.roar.RoarConfig(**fxai.roar.QUICK), progress=False)
