@@ -51,6 +51,7 @@ from . import postprocess as postprocess
 from . import registry as registry
 from . import metrics as metrics
 from . import viz as viz
+from . import data as data
 from . import roar as roar
 
 __version__ = "0.1.0"
