@@ -30,7 +30,8 @@ SECTIONS = [
     ("Concept discovery", ["deep_feature_factorization", "Factorization"]),
     ("Layers and neurons ([layers.md](layers.md))", ["at_layer", "layer_conductance", "layer_output", "neuron",
                                                      "LayerOutput"]),
-    ("Building blocks", ["path_rule", "with_relu_rule", "relu_rule", "fold_batchnorm", "to_grid"]),
+    ("Building blocks", ["path_rule", "with_relu_rule", "relu_rule", "fold_batchnorm", "to_grid",
+                         "segmentation_target"]),
     ("Compilation", ["compiled"]),
 ]
 

@@ -51,8 +51,8 @@ def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
 
 def test_job_list_and_config_guard(tmp_path):
     ids = [j["id"] for j in pipeline.job_list(TINY)]
-    assert ids == ["baseline-r0", "baseline-r1", "roar-random-mean-0.5-r0", "roar-random-mean-0.5-r1",
-                   "roar-sobel-mean-0.5-r0", "roar-sobel-mean-0.5-r1"]
+    assert ids == ["baseline-r0", "roar-random-mean-0.5-r0", "roar-sobel-mean-0.5-r0",
+                   "baseline-r1", "roar-random-mean-0.5-r1", "roar-sobel-mean-0.5-r1"]
     both = pipeline.RoarConfig(methods=("gradient", "random"), fractions=(0.5,), repeats=1)
     assert [j["id"] for j in pipeline.job_list(both)][1:] == [
         "roar-gradient-mean-0.5-r0", "kar-gradient-mean-0.5-r0", "roar-random-mean-0.5-r0",
@@ -72,15 +72,19 @@ if sys.argv[2] == "slow":  # jobs that take long enough to be killed in flight
         time.sleep(1.0)
         return run_job(*a, **k)
     pipeline.run_job = slow
+if sys.argv[4:] == ["wait"]:  # imported: wait for the go, so that both workers start together
+    print("READY", flush=True)
+    sys.stdin.readline()
 print("RAN", pipeline.work(sys.argv[1], stale_after=float(sys.argv[3]), poll=0.2, progress=False))
 """
 
 
-def _worker(tmp_path, out, mode="fast", stale="60", launcher=None):
+def _worker(tmp_path, out, mode="fast", stale="60", launcher=None, wait=False):
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen((launcher or [sys.executable]) + [str(script), str(out), mode, stale], env=env,
+    return subprocess.Popen((launcher or [sys.executable]) + [str(script), str(out), mode, stale]
+                            + (["wait"] if wait else []), env=env, stdin=subprocess.PIPE if wait else None,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -88,13 +92,28 @@ def _accuracies(out):
     return {k: r["accuracy"] for k, r in jobs.read_results(os.path.join(out, "grid")).items()}
 
 
-def test_two_worker_processes_share_the_grid(tmp_path):
+def test_two_worker_processes_share_the_grid(tmp_path, monkeypatch):
+    """This process and another one take jobs from the same grid at the same time."""
     out = tmp_path / "run"
     pipeline.prepare(str(out), TINY, progress=False, log=lambda s: None)
-    procs = [_worker(tmp_path, out, mode="slow"), _worker(tmp_path, out, mode="slow")]
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
-    ran = [int(o.split("RAN")[-1]) for o in outputs]
+    other = _worker(tmp_path, out, mode="slow", wait=True)
+    seen = []
+    while not seen or seen[-1].strip() != "READY":
+        seen.append(other.stdout.readline())
+        assert seen[-1] or other.poll() is None, "".join(seen)
+    run_job = pipeline.run_job
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return run_job(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_job", slow)
+    other.stdin.write("go\n")
+    other.stdin.flush()
+    here = pipeline.work(str(out), stale_after=60, poll=0.2, progress=False)
+    output = other.communicate(timeout=240)[0]
+    assert other.returncode == 0, output
+    ran = [here, int(output.split("RAN")[-1])]
     results = jobs.read_results(str(out / "grid"))
     assert sum(ran) == 6 and len(results) == 6  # every job once, none twice
     assert min(ran) >= 1 and len({r["worker"] for r in results.values()}) == 2

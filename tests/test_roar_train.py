@@ -60,14 +60,15 @@ def test_augment_translates_and_flips():
 
 
 def test_mean_fill_of_the_object_leaks_the_class_noisy_linear_does_not():
-    """Rong et al.'s point, on data whose class is the object's shape (square or disc): replacing exactly
-    the object by the dataset mean leaves its silhouette, and a retrained network reads the class from it
-    (measured: 0.69); noisy linear imputation from the background leaves nothing to read (0.24, chance is
-    0.25). Keeping only the object (KAR with the ideal map) keeps the class (0.99)."""
-    train = fxai.data.shapes(2000, seed=0, size=32, classes=4)
-    test = fxai.data.shapes(300, seed=0, start=1 << 30, size=32, classes=4)
+    """Rong et al.'s point, on data whose class is the object's shape: replacing exactly the object by the
+    dataset mean leaves its silhouette, and a retrained network reads the class from it (measured: 0.81);
+    noisy linear imputation from the background leaves nothing to read (0.23; chance is 0.25). Keeping only
+    the object (KAR with the ideal map) keeps the class (0.99). Scenes without distractor blobs, so that a
+    small network learns the silhouettes in a few hundred steps; the same training budget for both fills."""
+    train = fxai.data.shapes(2000, seed=0, size=24, classes=4, distractors=0)
+    test = fxai.data.shapes(300, seed=0, start=1 << 30, size=24, classes=4, distractors=0)
     mean = train.images.mean((0, 2, 3))
-    cfg = fxai.roar.TrainConfig(epochs=10, width=16, batch_size=64, lr=4e-3, augment="none")
+    cfg = fxai.roar.TrainConfig(epochs=10, width=8, batch_size=64, lr=6e-3)
 
     def retrained(fill, keep=False):
         xs = []
@@ -78,6 +79,7 @@ def test_mean_fill_of_the_object_leaks_the_class_noisy_linear_does_not():
         return fxai.roar.accuracy(net, xs[1], test.labels)
 
     leak, hidden, kept = retrained("mean"), retrained("noisy_linear"), retrained("mean", keep=True)
-    assert leak > 0.5, leak
+
+    assert leak > 0.6, leak
     assert hidden < 0.35, hidden
-    assert kept > 0.9, kept
+    assert kept > 0.85, kept

@@ -48,6 +48,7 @@ from .attribution.masked_cams import score_cam as score_cam
 from .attribution.masks import occlusion as occlusion
 from .attribution.masks import rise as rise
 from .grids import to_grid as to_grid
+from ._core.segmentation import segmentation_target as segmentation_target
 from .attribution.factorization import Factorization as Factorization
 from .attribution.factorization import deep_feature_factorization as deep_feature_factorization
 from .compiled import compiled as compiled
@@ -55,6 +56,7 @@ from . import postprocess as postprocess
 from . import registry as registry
 from . import metrics as metrics
 from . import viz as viz
+from . import data as data
 from . import roar as roar
 
 __version__ = "0.1.0"
@@ -85,6 +87,7 @@ __all__ = [
     "roar",
     "rise",
     "score_cam",
+    "segmentation_target",
     "xgrad_cam",
     "deconvnet",
     "deep_feature_factorization",

@@ -45,13 +45,16 @@ def _parser() -> argparse.ArgumentParser:
                          "holds the largest value)")
     ex.add_argument("--model", default="resnet18",
                     help="a torchvision classification model name (e.g. resnet50, vgg16, convnext_tiny), "
-                         "package.module:factory (importable from the current folder) or path/to/file.py:factory "
-                         "returning an nn.Module (default: %(default)s)")
+                         "package.module:factory (importable from the current folder), path/to/file.py:factory "
+                         "returning an nn.Module, timm:NAME (a timm model, e.g. timm:vit_small_patch16_224) or a "
+                         "HuggingFace image classifier's from_pretrained folder (hf:FOLDER, or a folder holding "
+                         "config.json); timm and HuggingFace models bring their own preprocessing "
+                         "(default: %(default)s)")
     weights = ex.add_mutually_exclusive_group()
     weights.add_argument("--weights", metavar="FILE", help="a state dict saved with torch.save (or a checkpoint "
                                                            "holding one under 'state_dict' or 'model')")
-    weights.add_argument("--pretrained", action="store_true", help="torchvision's default pretrained weights "
-                                                                    "(downloaded once to the torch hub cache)")
+    weights.add_argument("--pretrained", action="store_true", help="torchvision's (or timm's) default pretrained "
+                                                                    "weights (downloaded once to the hub cache)")
     ex.add_argument("--method", default=DEFAULT_METHODS,
                     help="comma-separated methods, 'all', or TRANSFORM:METHOD for a smoothed method (e.g. "
                          "smoothgrad_sq:gradient) (default: %(default)s); see the lists below")
@@ -71,11 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: %(default)s)")
     ex.add_argument("--seed", type=int, default=0, help="key of randomised methods (default: %(default)s)")
     size = ex.add_mutually_exclusive_group()
-    size.add_argument("--resize", type=int, nargs=2, metavar=("SHORT_SIDE", "CROP"), default=(256, 224),
-                      help="resize the short side, then center-crop (default: 256 224)")
+    size.add_argument("--resize", type=int, nargs=2, metavar=("SHORT_SIDE", "CROP"), default=None,
+                      help="resize the short side, then center-crop (default: 256 224, or the model's own for timm "
+                           "and HuggingFace models)")
     size.add_argument("--keep-size", action="store_true", help="feed images at their own size (only normalised)")
-    ex.add_argument("--mean", default=None, help="per-channel mean for normalisation (default: ImageNet's)")
-    ex.add_argument("--std", default=None, help="per-channel std for normalisation (default: ImageNet's)")
+    ex.add_argument("--mean", default=None, help="per-channel mean for normalisation (default: ImageNet's, or the "
+                                                 "model's own for timm and HuggingFace models)")
+    ex.add_argument("--std", default=None, help="per-channel std for normalisation (default: ImageNet's, or the "
+                                                "model's own for timm and HuggingFace models)")
     ex.add_argument("--sign", default="absolute", choices=("positive", "negative", "absolute", "all"),
                     help="what the pictures show of pixel maps (default: %(default)s, |a| summed over channels); "
                          "CAMs are shown by their positive part, RISE by its variation above its minimum")
@@ -198,8 +204,13 @@ def _file_name(method: str) -> str:
 
 
 def _load_model(args, device):
-    """``(module in eval mode on device, class names or None)``."""
+    """``(module in eval mode on device, class names or None, preprocessing)``."""
     from .loading import build_model, classes_in, load_weights, pretrained, read_weights
+    from .zoo import DEFAULT, is_zoo_name, load_model
+
+    if is_zoo_name(args.model):
+        module, categories, prep = load_model(args.model, weights=args.weights, pretrained=args.pretrained)
+        return module.to(device).eval(), categories, prep
 
     module, weights = build_model(args.model)
     categories = list(weights.meta.get("categories", ())) if weights is not None else None
@@ -216,7 +227,7 @@ def _load_model(args, device):
         load_weights(module, state, args.weights)
     else:
         categories = None                                       # random weights: class names would mislead
-    return module.to(device).eval(), categories
+    return module.to(device).eval(), categories, DEFAULT
 
 
 def _explain(args) -> int:
@@ -230,9 +241,9 @@ def _explain(args) -> int:
     from ._core.discovery import resolve_layers
     from ._core.functional import functional
     from ._core.targets import probabilities
-    from .loading import IMAGENET_MEAN, IMAGENET_STD, input_channels, load_images, resolve_device
+    from .loading import input_channels, load_images, resolve_device
 
-    if not args.keep_size and min(args.resize) < 1:
+    if not args.keep_size and args.resize is not None and min(args.resize) < 1:
         raise UsageError(f"--resize takes two positive sizes (SHORT_SIDE CROP), got {args.resize[0]} {args.resize[1]}")
     if args.concepts < 0:
         raise UsageError(f"--concepts must be a number of concepts (0: none), got {args.concepts}")
@@ -250,11 +261,13 @@ def _explain(args) -> int:
             raise UsageError(f"image file not found: {path}")
     _check_writable(args.out)
 
-    module, categories = _load_model(args, device)
+    module, categories, prep = _load_model(args, device)
     channels = input_channels(module)
-    mean = torch.tensor(_floats(args.mean, IMAGENET_MEAN, "mean", channels)).view(-1, 1, 1)
-    std = torch.tensor(_floats(args.std, IMAGENET_STD, "std", channels)).view(-1, 1, 1)
-    images = load_images(args.images, channels, args.keep_size, args.resize)
+    mean = torch.tensor(_floats(args.mean, prep.mean, "mean", channels)).view(-1, 1, 1)
+    std = torch.tensor(_floats(args.std, prep.std, "std", channels)).view(-1, 1, 1)
+    resize, interpolation = (tuple(args.resize), "bilinear") if args.resize else ((prep.resize, prep.crop),
+                                                                                   prep.interpolation)
+    images = load_images(args.images, channels, args.keep_size, resize, interpolation)
 
     model_fn, params = functional(module)
     layer = args.layer

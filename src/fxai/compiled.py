@@ -13,10 +13,10 @@ from ._core.functional import functional
 class _Explainer(nn.Module):
     """``forward(x, target) = method(model_fn, params, x, target, **options)`` on its own copy of the module."""
 
-    def __init__(self, module: nn.Module, method, options: dict):
+    def __init__(self, module: nn.Module, method, options: dict, output=None):
         super().__init__()
         self.model = module
-        self.model_fn, _ = functional(module)
+        self.model_fn, _ = functional(module, output=output)
         self.method, self.options = method, options
 
     def forward(self, x, target):
@@ -24,8 +24,8 @@ class _Explainer(nn.Module):
         return self.method(self.model_fn, params, x, target, **self.options)
 
 
-def compiled(method, module: nn.Module, *, freeze: bool = True, channels_last: bool = True, backend: str = "inductor",
-             **options):
+def compiled(method, module: nn.Module, *, output=None, freeze: bool = True, channels_last: bool = True,
+             backend: str = "inductor", **options):
     r"""``method`` compiled by ``torch.compile`` for a module's weights as they are now: ``fn(x, target) -> map``.
 
     The fastest way to run one method many times on fixed shapes. The module is
@@ -43,6 +43,7 @@ def compiled(method, module: nn.Module, *, freeze: bool = True, channels_last: b
         method: any fxai method ``(model_fn, params, x, target, **options)``, e.g.
             ``fxai.integrated_gradients`` or ``fxai.smoothgrad(fxai.gradient, samples=32)``.
         module: the model, in eval mode (see :func:`fxai.functional`).
+        output: where the logits are in what the module returns (see :func:`fxai.functional`).
         freeze: bake the current weights into the graph (Inductor's ``freezing``).
         channels_last: run convolutions in channels-last layout.
         backend: ``torch.compile``'s backend (``freeze`` applies to Inductor's).
@@ -59,11 +60,11 @@ def compiled(method, module: nn.Module, *, freeze: bool = True, channels_last: b
         raise TypeError(f"compiled(method, module): method must be an fxai method, got {type(method).__name__}")
     if not isinstance(module, nn.Module):
         raise TypeError(f"compiled(method, module): module must be a torch.nn.Module, got {type(module).__name__}")
-    functional(module)  # the same checks (eval mode) as every method
+    functional(module, output=output)  # the same checks (eval mode, output) as every method
     own = copy.deepcopy(module).requires_grad_(False)
     if channels_last:
         own = own.to(memory_format=torch.channels_last)
-    explainer = torch.compile(_Explainer(own, method, options), backend=backend)
+    explainer = torch.compile(_Explainer(own, method, options, output), backend=backend)
 
     def run(x: torch.Tensor, target=None):
         if channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:

@@ -11,11 +11,16 @@ def _grid_matches(h: int, w: int, size, tol: float = 1.0) -> bool:
     return h >= 1 and w >= 1 and abs(w - big_w * h / big_h) <= tol
 
 
+# Leading tokens a ViT may put before its patches: none, a class token, class + distillation token (DeiT),
+# class + 4, 8 or 16 register tokens, registers alone. An exact grid is looked for first with each of them.
+_PREFIXES = (0, 1, 2, 5, 9, 17, 4, 8, 16)
+
+
 def _token_grid(tokens: int, size) -> tuple[int, int, int] | None:
-    """``(dropped, h, w)``: leading tokens to drop (0, or 1 for a class token) and the grid of the rest."""
+    """``(dropped, h, w)``: leading tokens to drop (see ``_PREFIXES``) and the grid of the rest."""
     big_h, big_w = size
-    for tol in (0.0, 1.0):
-        for dropped in (0, 1):
+    for tol, prefixes in ((0.0, _PREFIXES), (1.0, (0, 1, 2))):
+        for dropped in prefixes:
             n = tokens - dropped
             if n < 1:
                 continue
@@ -34,12 +39,14 @@ def to_grid(activation: torch.Tensor, reshape=None, *, size: tuple[int, int] | N
       is permuted to ``[N, C, h, w]`` when only that reading has the aspect of the
       input (``size = (H, W)``, square if not given); a tie reads as channels first.
     - ``[N, T, D]`` tokens (vision transformers): the grid is inferred from ``T``
-      with the input's aspect, dropping one leading class token when ``T - 1``
-      tokens make the grid (ViT); ``[N, D, h, w]`` is returned.
+      with the input's aspect, dropping the leading tokens that are not patches
+      when the rest make the grid exactly: a class token (ViT), class and
+      distillation tokens (DeiT), a class token and 4, 8 or 16 registers
+      (timm's ``vit_*_reg*``, DINOv2 with registers); ``[N, D, h, w]`` is returned.
 
     Apply the same call to activations and their gradients: the choice depends
-    only on the shape. Pass ``reshape=`` when the layout is ambiguous (extra
-    distillation/register tokens, sequence-first layouts).
+    only on the shape. Pass ``reshape=`` when the layout is ambiguous (other
+    numbers of leading tokens, sequence-first layouts).
 
     Example:
         >>> to_grid(torch.zeros(2, 1 + 49, 768)).shape   # ViT-B/16 at 112x112

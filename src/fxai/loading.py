@@ -160,8 +160,11 @@ def input_channels(model) -> int:
     return 3
 
 
-def load_images(paths, channels: int, keep_size: bool, resize):
-    """``[(path, original RGB tensor [C, H, W] in [0, 1])]`` after conversion and resizing."""
+def load_images(paths, channels: int, keep_size: bool, resize, interpolation: str = "bilinear"):
+    """``[(path, original RGB tensor [C, H, W] in [0, 1])]`` after conversion and resizing.
+
+    ``resize = (size, crop)``: ``size`` is the short side (an int) or an exact ``(height, width)``, ``crop`` the
+    center crop (``None``: none); ``interpolation`` names a torchvision ``InterpolationMode``."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import functional as TF
 
@@ -188,8 +191,10 @@ def load_images(paths, channels: int, keep_size: bool, resize):
             raise UsageError(f"cannot read image {path}: not a recognised image file") from None
         except OSError as err:
             raise UsageError(f"cannot read image {path}: {err}") from None
-        if not keep_size:
-            img = TF.center_crop(TF.resize(img, resize[0]), resize[1])
+        if not keep_size and resize[0] is not None:
+            img = TF.resize(img, resize[0], interpolation=TF.InterpolationMode(interpolation))
+        if not keep_size and resize[1] is not None:
+            img = TF.center_crop(img, resize[1])
         if channels not in (1, 3):
             raise UsageError(f"the model takes {channels} input channels; only 1 (grayscale) or 3 (RGB) are supported")
         if img.mode == "F":

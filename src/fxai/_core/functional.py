@@ -10,6 +10,7 @@ from torch import nn
 from torch.func import functional_call
 
 from . import structured
+from .outputs import check_output_option, pick
 from .skeleton import ThreadCopies, skeleton
 from .taps import bind_tap, global_hooks, trace_tap
 
@@ -59,10 +60,11 @@ class FunctionalModel:
     differentiate with respect to all of ``params`` on any model.
     """
 
-    __slots__ = ("module", "_copies", "_names", "_buffers", "_fixed", "_taps", "__weakref__")
+    __slots__ = ("module", "output", "_copies", "_names", "_buffers", "_fixed", "_taps", "__weakref__")
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, output=None):
         self.module = module
+        self.output = output  # which part of the module's output holds the logits (fxai._core.outputs.pick)
         try:
             master, share = skeleton(module), False
         except Exception as err:  # noqa: BLE001 - a module deepcopy cannot copy still works, without the guarantees
@@ -107,12 +109,11 @@ class FunctionalModel:
         return tensors
 
     def __call__(self, params: Mapping[str, torch.Tensor], x) -> torch.Tensor:
-        """``module(x)``; for a structured input, ``module(*x)`` (tuple or list) or ``module(**x)`` (dict)."""
-        if isinstance(x, dict):
-            return functional_call(self.skeleton, self.tensors(params, x), (), dict(x))
-        if isinstance(x, (tuple, list)):
-            return functional_call(self.skeleton, self.tensors(params, x), tuple(x))
-        return functional_call(self.skeleton, self.tensors(params, x), (x,))
+        """``module(x)``, its logits picked by ``output``; for a structured input, ``module(*x)`` (tuple or list)
+        or ``module(**x)`` (dict)."""
+        args, kwargs = ((), dict(x)) if isinstance(x, dict) else (tuple(x), {}) if isinstance(x, (tuple, list)) \
+            else ((x,), {})
+        return pick(functional_call(self.skeleton, self.tensors(params, x), args, kwargs), self.output)
 
     def graph_tap(self, layers: tuple[str, ...]):
         """This thread's FX rewrite of the module tapping ``layers`` (see :func:`fxai._core.taps.trace_tap`),
@@ -134,7 +135,8 @@ class FunctionalModel:
         return f"FunctionalModel({type(self.module).__name__})"
 
 
-def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[FunctionalModel, dict[str, torch.Tensor]]:
+def functional(module: nn.Module, *, output=None,
+               allow_training: bool = False) -> tuple[FunctionalModel, dict[str, torch.Tensor]]:
     """Split ``module`` into a pure ``model_fn`` and its ``params``.
 
     ``model_fn(params, x)`` equals ``module(x)``; ``params`` is a dict of the
@@ -147,6 +149,14 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
     structural copy of the module (one per thread, see :class:`FunctionalModel`),
     taken now, whose tensors all come from ``params``. Its training flag,
     ``requires_grad`` flags, ``.grad`` and hooks stay as they were.
+
+    ``output`` says where the logits are in what ``module`` returns: ``None``
+    takes a tensor as is, the ``logits`` of a HuggingFace ``ModelOutput`` (or
+    of a dict, dataclass or named tuple) and the ``"out"`` of torchvision's
+    segmentation dicts; a key (``"logits"``: a dict key or a field), an index
+    (``0``: a tuple or list item) or a callable ``module_output -> logits``
+    picks them otherwise (see :mod:`fxai._core.outputs`). The picking runs in
+    every call, so every method sees the logits tensor.
 
     ``nn.DataParallel`` and ``DistributedDataParallel`` wrappers are unwrapped
     (``.module``); TorchScript modules are refused.
@@ -168,6 +178,7 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
     if isinstance(module, torch.jit.ScriptModule):
         raise TypeError("functional(module): a TorchScript module cannot run with parameters passed in (torch.func "
                         "needs Python modules); pass the nn.Module it was scripted from")
+    check_output_option(output)
     if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         module = module.module  # the wrapped model: fxai batches and vectorises on its own
     if not allow_training:
@@ -183,7 +194,7 @@ def functional(module: nn.Module, *, allow_training: bool = False) -> tuple[Func
     own = (lambda b: b.detach().clone()) if allow_training else (lambda b: b.detach())
     params = {name: p.detach() for name, p in module.named_parameters() if _differentiable(p)}
     params.update({name: own(b) for name, b in module.named_buffers() if _differentiable(b)})
-    return FunctionalModel(module), params
+    return FunctionalModel(module, output), params
 
 
 class SplitModel:

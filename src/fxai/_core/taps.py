@@ -36,6 +36,7 @@ import torch.fx as fx
 from torch import nn
 from torch.func import functional_call
 
+from .outputs import pick
 from .skeleton import copy_skeleton
 
 
@@ -155,6 +156,8 @@ def trace_tap(module: nn.Module, layers: list[str], *, copy: bool = True):
                 _fetch(module, n.target)
             except AttributeError:
                 constants[n.target] = _fetch(root, n.target)
+                if constants[n.target].device.type == "meta":  # computed while tracing from a placeholder buffer
+                    return None  # (timm's Swin indexes with a view of one): its values are unknown, the hook tap serves
     return graph, constants
 
 
@@ -217,7 +220,8 @@ def module_tap(model_fn, layers: list[str]):
 
         def graph_fn(params, x, deltas=None):
             tensors = model_fn.tensors(params, x)
-            return functional_call(gm, {k: v for k, v in tensors.items() if k in names}, (x, deltas))
+            out, acts = functional_call(gm, {k: v for k, v in tensors.items() if k in names}, (x, deltas))
+            return pick(out, model_fn.output), acts
 
         return graph_fn
 

@@ -10,10 +10,8 @@ with the exact path expected and where to get the data.
 
 from __future__ import annotations
 
+import functools
 import os
-
-import torchvision
-from torchvision.transforms import functional as TF
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
@@ -47,16 +45,29 @@ def mnist(root, *, train: bool = True, transform=None):
         raise FileNotFoundError(
             f"MNIST not found: missing {', '.join(os.path.join(raw, m) for m in missing)}; put the uncompressed "
             "idx-ubyte files from https://ossci-datasets.s3.amazonaws.com/mnist/ there (gunzip the .gz files)")
+    import torchvision
+    from torchvision.transforms import functional as TF
+
     return torchvision.datasets.MNIST(root, train=train, download=False, transform=transform or TF.to_tensor)
 
 
-class _LocalCIFAR10(torchvision.datasets.CIFAR10):
+@functools.cache
+def _local_cifar10():
     """torchvision's CIFAR-10 reader, checking that the files exist rather than their MD5 sums
-    (so that a subset written in the same format loads too)."""
+    (so that a subset written in the same format loads too). Built on first use: torchvision is
+    imported only when a dataset is read."""
+    import torchvision
 
-    train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
-    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+    base = torchvision.datasets.CIFAR10
+    return type("_LocalCIFAR10", (base,), {"train_list": [[name, None] for name, _ in base.train_list],
+                                            "test_list": [[name, None] for name, _ in base.test_list],
+                                            "meta": {**base.meta, "md5": None}, "__module__": __name__})
+
+
+def __getattr__(name: str):
+    if name == "_LocalCIFAR10":  # the reader's class by name, for pickling (e.g. into DataLoader workers)
+        return _local_cifar10()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cifar10(root, *, train: bool = True, transform=None):
@@ -75,8 +86,10 @@ def cifar10(root, *, train: bool = True, transform=None):
         raise FileNotFoundError(
             f"CIFAR-10 not found: missing {', '.join(os.path.join(folder, m) for m in missing)}; extract "
             f"https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into {root}")
+    from torchvision.transforms import functional as TF
+
     try:
-        return _LocalCIFAR10(root, train=train, download=False, transform=transform or TF.to_tensor)
+        return _local_cifar10()(root, train=train, download=False, transform=transform or TF.to_tensor)
     except Exception as err:  # noqa: BLE001 - a damaged pickle, whatever the unpickler raises
         raise ValueError(f"CIFAR-10 files in {folder} could not be read ({type(err).__name__}: {err})") from None
 
@@ -95,6 +108,9 @@ def image_folder(root, *, size: int | tuple[int, int] | None = None, transform=N
     root = os.path.expanduser(_root(root, "the image folder"))
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder not found: {root} (expected {root}/<class name>/<image files>)")
+    import torchvision
+    from torchvision.transforms import functional as TF
+
     if transform is None:
         def transform(img):
             img = img.convert("RGB")

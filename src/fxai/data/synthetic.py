@@ -69,13 +69,16 @@ def _bank(seed: int, stream: int) -> torch.Tensor:
 def _pixel_noise(seed: int, index: torch.Tensor, stream: int, shape) -> torch.Tensor:
     """Uniform [-1, 1) noise ``[N, *shape]``: a window of the bank at a hashed offset per sample.
 
-    Reading a window costs one gather, where hashing every pixel would cost a dozen
+    Reading a window costs one contiguous copy, where hashing every pixel would cost a dozen
     integer operations per pixel; windows of different samples overlap only by chance.
     """
     count = math.prod(shape)
     offset = (_uniform(seed, index, stream, 1) * _BANK).long()
-    at = (offset + torch.arange(count)) % _BANK
-    return _bank(seed, stream)[at].view(index.shape[0], *shape)
+    bank = _bank(seed, stream)
+    if count > _BANK:  # windows longer than the bank: index element by element
+        return bank[(offset + torch.arange(count)) % _BANK].view(index.shape[0], *shape)
+    wrapped = torch.cat([bank, bank[:count - 1]])  # so that a window running past the end is contiguous
+    return wrapped.unfold(0, count, 1).index_select(0, offset[:, 0]).view(index.shape[0], *shape)
 
 
 def _shape_masks(u: torch.Tensor, v: torch.Tensor, classes: int) -> torch.Tensor:

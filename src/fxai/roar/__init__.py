@@ -5,28 +5,37 @@
 - :func:`fit`: seeded retraining (DDP under ``torchrun``).
 - :mod:`~fxai.roar.jobs`: a grid of retrains shared by any number of workers.
 - :func:`run`: the whole benchmark and its report (``fxai roar`` on the command line).
+
+The submodules are imported on first use of one of their names, so that ``import fxai`` does not pay for
+the data readers (torchvision), the process group and the training loop.
 """
 
-from . import jobs as jobs
-from .extraction import extract as extract
-from .extraction import load_maps as load_maps
-from .extraction import params_hash as params_hash
-from .methods import random_map as random_map
-from .methods import sobel_map as sobel_map
-from .nets import ResNet as ResNet
-from .pipeline import QUICK as QUICK
-from .pipeline import RoarConfig as RoarConfig
-from .pipeline import prepare as prepare
-from .pipeline import run_job as run_job
-from .pipeline import work as work
-from .removal import alter as alter
-from .removal import removal_mask as removal_mask
-from .report import write as write_report
-from .runner import run as run
-from .train import TrainConfig as TrainConfig
-from .train import accuracy as accuracy
-from .train import fit as fit
+from __future__ import annotations
 
-__all__ = ["QUICK", "ResNet", "RoarConfig", "TrainConfig", "accuracy", "alter", "extract", "fit", "jobs",
-           "load_maps", "params_hash", "prepare", "random_map", "removal_mask", "run", "run_job", "sobel_map",
-           "work", "write_report"]
+import importlib
+
+_NAMES = {
+    "QUICK": "pipeline", "ResNet": "nets", "RoarConfig": "pipeline", "TrainConfig": "train", "accuracy": "train",
+    "alter": "removal", "extract": "extraction", "fit": "train", "load_maps": "extraction",
+    "params_hash": "extraction", "prepare": "pipeline", "random_map": "methods", "removal_mask": "removal",
+    "run": "runner", "run_job": "pipeline", "sobel_map": "methods", "work": "pipeline", "write_report": "report",
+}
+_RENAMED = {"write_report": "write"}
+_SUBMODULES = ("cli", "datasets", "dist", "extraction", "jobs", "methods", "nets", "pipeline", "removal", "report",
+               "runner", "train")
+
+__all__ = sorted([*_NAMES, "jobs"])
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

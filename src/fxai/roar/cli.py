@@ -10,6 +10,7 @@ from .removal import FILLS, MODES
 from .train import AUGMENTATIONS, OPTIMIZERS, TrainConfig
 
 COMMANDS = ("roar", "extract")
+_D, _T = pipeline.RoarConfig(), TrainConfig()
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -59,10 +60,13 @@ def _data_args(p):
                    help="the built-in synthetic shapes, MNIST or CIFAR-10 from --data-dir, or an image folder "
                         "(--data-dir/train/<class>/..., --data-dir/test/<class>/...) (default: %(default)s)")
     p.add_argument("--data-dir", help="folder holding the dataset files (MNIST/raw, cifar-10-batches-py, ...)")
-    p.add_argument("--size", type=int, help="image side of the synthetic shapes and image folders (default 32)")
-    p.add_argument("--classes", type=int, help="classes of the synthetic shapes (default 4)")
-    p.add_argument("--train-count", type=int, help="training images used (default: 2000 synthetic, all otherwise)")
-    p.add_argument("--test-count", type=int, help="test images used (default: 500 synthetic, all otherwise)")
+    p.add_argument("--size", type=int,
+                   help=f"image side of the synthetic shapes and image folders (default {_D.size})")
+    p.add_argument("--classes", type=int, help=f"classes of the synthetic shapes (default {_D.classes})")
+    p.add_argument("--train-count", type=int,
+                   help=f"training images used (default: {_D.train_count} synthetic, all otherwise)")
+    p.add_argument("--test-count", type=int,
+                   help=f"test images used (default: {_D.test_count} synthetic, all otherwise)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s; under torchrun "
                                                    "'cuda' means one GPU per local rank)")
     p.add_argument("--seed", type=int, help="seed of the data, the models and the maps (default 0)")
@@ -76,24 +80,28 @@ def add_commands(sub) -> None:
                                     "(runs a small complete benchmark on synthetic shapes by default)")
     _data_args(r)
     r.add_argument("--out", default="fxai-roar", help="run folder; an interrupted run resumes (default: %(default)s)")
-    r.add_argument("--quick", action="store_true", help="a tiny run of about a minute (for tests)")
+    r.add_argument("--quick", action="store_true",
+                   help="a small run of about a minute on two CPU cores: the default run's code path on a smaller "
+                        "grid (gradient and the random and ground-truth controls, t = 0.5, 16×16 images)")
     r.add_argument("--methods", type=_methods, help="comma-separated methods and controls, e.g. "
                    "gradient,smoothgrad_sq(gradient),grad_cam,random,sobel,ground_truth (default: the six "
                    "methods of the default run and the three controls)")
     r.add_argument("--options", type=_json, help='method options as JSON, e.g. \'{"integrated_gradients": '
                                                  '{"steps": 64}}\'')
-    r.add_argument("--fractions", type=_floats, help="fractions of pixels replaced (default 0.25,0.5,0.75)")
+    r.add_argument("--fractions", type=_floats,
+                   help=f"fractions of pixels replaced (default {','.join(f'{v:g}' for v in _D.fractions)})")
     r.add_argument("--modes", type=_names(MODES), help="roar, kar or both (default)")
     r.add_argument("--fill", type=_names(FILLS), help="fills used for every method (default: mean)")
     r.add_argument("--control-fill", type=_names(FILLS), help="extra fills for the controls (default: noisy_linear)")
-    r.add_argument("--repeats", type=int, help="retrains per point (default 2)")
-    r.add_argument("--arch", choices=("smallcnn", "resnet8", "resnet20"), help="network (default smallcnn)")
-    r.add_argument("--width", type=int, help="network width (default 16)")
-    r.add_argument("--epochs", type=int, help="epochs per retrain (default 10)")
-    r.add_argument("--batch-size", type=int, help="batch size (default 64)")
-    r.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw (one-cycle) or sgd (cosine) (default adamw)")
-    r.add_argument("--lr", type=float, help="peak learning rate (default 4e-3)")
-    r.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation (default flip)")
+    r.add_argument("--repeats", type=int, help=f"retrains per point (default {_D.repeats})")
+    r.add_argument("--arch", choices=("smallcnn", "resnet8", "resnet20"), help=f"network (default {_T.arch})")
+    r.add_argument("--width", type=int, help=f"network width (default {_T.width})")
+    r.add_argument("--epochs", type=int, help=f"epochs per retrain (default {_T.epochs})")
+    r.add_argument("--batch-size", type=int, help=f"batch size (default {_T.batch_size})")
+    r.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help=f"adamw (one-cycle) or sgd (cosine) (default {_T.optimizer})")
+    r.add_argument("--lr", type=float, help=f"peak learning rate (default {_T.lr:g})")
+    r.add_argument("--augment", choices=AUGMENTATIONS, help=f"augmentation (default {_T.augment})")
     r.add_argument("--workers", type=int, help="local worker processes sharing the grid (default: one per CPU "
                                                "core up to 4 on the CPU, one on a GPU)")
     r.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
@@ -110,7 +118,7 @@ def add_commands(sub) -> None:
     e.add_argument("--weights", required=True, help="the model's weights (.safetensors, or a state dict saved "
                                                     "with torch.save), e.g. OUT/model/model.safetensors of fxai roar")
     e.add_argument("--arch", default="smallcnn", choices=("smallcnn", "resnet8", "resnet20"))
-    e.add_argument("--width", type=int, default=16)
+    e.add_argument("--width", type=int, default=_T.width)
     e.add_argument("--split", default="test", choices=("train", "test"))
     e.add_argument("--reduce", default="abs_sum", help="channel reduction of pixel maps (default: %(default)s)")
     e.add_argument("--dtype", default="float32", choices=("float16", "float32"))
@@ -161,8 +169,9 @@ def _extract(args) -> int:
     from . import datasets, dist, extraction
     from .nets import CAM_LAYERS, build
 
-    data = datasets.load(args.dataset, root=args.data_dir, size=args.size or 32, classes=args.classes or 4,
-                         train_count=args.train_count, test_count=args.test_count, seed=args.seed or 0)
+    data = datasets.load(args.dataset, root=args.data_dir, size=args.size or _D.size,
+                         classes=args.classes or _D.classes, train_count=args.train_count,
+                         test_count=args.test_count, seed=args.seed or 0)
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(f"--weights: no such file {args.weights}")
     if args.weights.endswith(".safetensors"):

@@ -205,11 +205,12 @@ def _dump(obj, path):
 def _shard(model_fn, params, dataset, make, k, shard_size, batch_size, *, target, key, dtype, device, num_workers,
            bar):
     start, stop = k * shard_size, min((k + 1) * shard_size, len(dataset))
-    loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, shuffle=False,
-                        collate_fn=collate, num_workers=num_workers)
     gen = torch.Generator().manual_seed(key)
     parts = []
-    for images, labels, masks in _prefetched(loader):
+    batches = _batches(dataset, start, stop, batch_size, num_workers)
+    from .datasets import TensorData
+    in_memory = isinstance(dataset, TensorData) and num_workers == 0  # nothing to overlap: no thread
+    for images, labels, masks in batches if in_memory else _prefetched(batches):
         x = images.to(device) if device is not None else images
         if target == "label":
             tgt = labels.to(x.device)
@@ -217,11 +218,29 @@ def _shard(model_fn, params, dataset, make, k, shard_size, batch_size, *, target
             with torch.no_grad():
                 tgt = model_fn(params, x).argmax(-1)
         amap = make(model_fn, params, x, tgt, masks=None if masks is None else masks.to(x.device), key=gen)
-        if not torch.isfinite(amap).all():
+        if not torch.isfinite(torch.stack(torch.aminmax(amap))).all():  # one pass; NaN propagates
             raise ValueError(f"the maps of samples {start}..{stop - 1} hold NaN or infinite values")
         parts.append(amap.to("cpu", dtype))
         bar.update(x.shape[0])
     return torch.cat(parts)
+
+
+def _batches(dataset, start: int, stop: int, batch_size: int, num_workers: int):
+    """``(images, labels, masks or None)`` batches of samples ``start ... stop - 1``. Tensors in memory are
+    sliced and the synthetic shapes rendered a batch at a time; other datasets go through a ``DataLoader``."""
+    from ..data.synthetic import Shapes
+    from .datasets import TensorData
+
+    if isinstance(dataset, (Shapes, TensorData)) and num_workers == 0:
+        for a in range(start, stop, batch_size):
+            b = min(a + batch_size, stop)
+            if isinstance(dataset, Shapes):
+                yield tuple(dataset.batch(range(a, b)))
+            else:
+                yield dataset.images[a:b], dataset.labels[a:b], None if dataset.masks is None else dataset.masks[a:b]
+        return
+    yield from DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, shuffle=False,
+                          collate_fn=collate, num_workers=num_workers)
 
 
 def _prefetched(iterable, depth: int = 2):

@@ -106,6 +106,33 @@ def table(agg: dict) -> list[str]:
     return rows
 
 
+def _what_ran(cfg: dict, summary: dict) -> list[str]:
+    """The run's grid and training in a few lines (keys missing from older settings are left out)."""
+    train = cfg.get("train", {})
+    options = cfg.get("options") or {}
+    methods = [m + (f" ({', '.join(f'{k}={v}' for k, v in options[m].items())})" if options.get(m) else "")
+               for m in cfg.get("methods", []) if m not in CONTROLS]
+    controls = [m for m in cfg.get("methods", []) if m in CONTROLS]
+    fills = list(cfg.get("fills", []))
+    extra = [f for f in cfg.get("control_fills", []) if f not in fills]
+    lines = ["What ran:", ""]
+    if methods or controls:
+        lines.append(f"- methods: {', '.join(methods) or 'none'}; controls: {', '.join(controls) or 'none'}")
+    if cfg.get("modes") and cfg.get("fractions"):
+        lines.append(f"- {' and '.join(m.upper() for m in cfg['modes'])} at fractions "
+                     f"{', '.join(f'{f:g}' for f in cfg['fractions'])} (and 0, the unaltered data)")
+    if fills:
+        lines.append(f"- fills: {', '.join(fills)} for every method" + (f"; also {', '.join(extra)} for the controls"
+                                                                         if extra and controls else ""))
+    if "batch_size" in train:
+        lines.append(f"- each retrain: {train['epochs']} epochs, batches of {train['batch_size']}, "
+                     f"{train['optimizer']} to learning rate {train['lr']:g}, augmentation {train['augment']}; "
+                     f"seeds from {cfg.get('seed', 0)}")
+    lines.append(f"- {summary['jobs']} retrains; {summary['seconds_train_total'] / 60:.1f} minutes of retraining "
+                 "and altering summed over the workers")
+    return lines
+
+
 def write(out: str) -> dict:
     """Write ``out/report/``: ``accuracy.png``, ``table.md``, ``results.json``, ``summary.md``; returns the summary data.
 
@@ -145,7 +172,8 @@ def write(out: str) -> dict:
             f"{grid['settings']['base_accuracy']:.3f}; retrained on unaltered data: "
             + (f"{statistics.fmean(base):.3f}" if base else "–") + ".",
             f"Jobs finished: {len(results)} of {len(grid['jobs'])}" + (f", {len(errors)} failed" if errors else "")
-            + ".", "", _READING, "", "![accuracy versus fraction](accuracy.png)", "", *rows, ""]
+            + ".", "", *_what_ran(cfg, summary), "", _READING, "", "![accuracy versus fraction](accuracy.png)", "",
+            *rows, ""]
     if flagged:
         text += ["**No better than random** (mean accuracy difference to the random control over the fractions, "
                  "same fill):", ""]

@@ -25,15 +25,22 @@ def _extractor(out, config, part, device, threads, progress):
 
 
 def _spawn(target, args_of, workers: int, what: str) -> None:
+    """``target(*args_of(i))`` for ``i < workers``: share 0 in this process, the others in new processes
+    (each new interpreter costs seconds of imports, so this process does not sit idle waiting)."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=target, args=args_of(i)) for i in range(workers)]
+    procs = [ctx.Process(target=target, args=args_of(i)) for i in range(1, workers)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join()
+    threads = torch.get_num_threads()
+    try:
+        target(*args_of(0))
+    finally:
+        torch.set_num_threads(threads)
+        for p in procs:
+            p.join()
     failed = [p.exitcode for p in procs if p.exitcode != 0]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {workers} {what} processes failed (exit codes {failed}); "
+        raise RuntimeError(f"{len(failed)} of {workers - 1} spawned {what} processes failed (exit codes {failed}); "
                            "run again to resume")
 
 
@@ -42,10 +49,11 @@ def run(out: str = "fxai-roar", config: pipeline.RoarConfig = pipeline.RoarConfi
         progress: bool = True, log: Callable[[str], None] = print) -> dict | None:
     """Run the ROAR/KAR benchmark in the folder ``out`` (resumable) and return the report's data.
 
-    ``workers`` local processes (each on ``threads`` threads, default ``cores // workers``) share the
-    grid (default: one per CPU core up to 4 on the CPU, one on a GPU); under ``torchrun`` the launched ranks form one data-parallel worker instead. ``only`` runs a
-    single stage: ``"prepare"`` (data, model, maps, grid), ``"work"`` (take jobs until none is left, e.g.
-    on more machines sharing ``out``) or ``"report"``.
+    ``workers`` local processes (this one and ``workers - 1`` spawned ones, each on ``threads`` threads,
+    default ``cores // workers``) share the maps and the grid (default: one per CPU core up to 4 on the
+    CPU, one on a GPU); under ``torchrun`` the launched ranks form one data-parallel worker instead.
+    ``only`` runs a single stage: ``"prepare"`` (data, model, maps, grid), ``"work"`` (take jobs until none
+    is left, e.g. on more machines sharing ``out``) or ``"report"``.
 
     Example:
         >>> summary = fxai.roar.run("roar-quick", fxai.roar.RoarConfig(**fxai.roar.QUICK), progress=False)

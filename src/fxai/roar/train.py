@@ -31,11 +31,11 @@ class TrainConfig:
     random translations by up to ``pad`` pixels (zero padding, then a crop)."""
 
     arch: str = "smallcnn"
-    width: int = 16
+    width: int = 8
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adamw"
-    lr: float = 4e-3
+    lr: float = 6e-3
     weight_decay: float = 1e-4
     augment: str = "flip"
     pad: int = 2
