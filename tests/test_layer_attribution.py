@@ -381,3 +381,31 @@ def test_split_model_layer_is_its_features():
     torch.testing.assert_close(fxai.at_layer(fxai.input_x_gradient, None)(model_fn, params, x, 1),
                                a * params["v"][:, 1], rtol=0, atol=1e-15)
     torch.testing.assert_close(fxai.layer_output(model_fn, "features")(params, x), a, rtol=0, atol=0)
+
+
+class TupleOut(nn.Module):
+    """``(V relu(W x), W x)``: logits first, then an auxiliary output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.inner = nn.Linear(4, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        a = self.inner(x)
+        return self.head(torch.relu(a)), a
+
+
+def test_a_model_returning_a_tuple_through_the_tail():
+    from fxai._core.tails import tail
+
+    model = TupleOut().double().eval()
+    model_fn, params = fxai.functional(model, output=0)
+    assert tail(model_fn, "inner") is not None
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(13))
+    a = model.inner(x)
+    g = fxai.at_layer(fxai.gradient, "inner")(model_fn, params, x, 1)
+    torch.testing.assert_close(g, model.head.weight[1] * (a > 0), rtol=0, atol=1e-15)
+    cond = fxai.layer_conductance(model_fn, params, x, 1, layer="inner", steps=4)
+    assert cond.shape == (3, 3)

@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch.func import functional_call
 
 from .functional import FunctionalModel, SplitModel
+from .outputs import pick
 from .taps import _forget_source, _inject
 
 _CUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a thread's tapped graph -> {side: graph or None}
@@ -79,13 +80,14 @@ def _cut(model_fn: FunctionalModel, layer: str, side: str):
     return cuts[side]
 
 
-def _call(model_fn: FunctionalModel, graph: fx.GraphModule, args_for):
+def _call(model_fn: FunctionalModel, graph: fx.GraphModule, args_for, logits: bool):
     names = ({n for n, _ in graph.named_parameters(remove_duplicate=False)}
              | {n for n, _ in graph.named_buffers(remove_duplicate=False)})
 
     def fn(params, inputs):
         tensors = model_fn.tensors(params, inputs)
-        return functional_call(graph, {k: v for k, v in tensors.items() if k in names}, args_for(inputs))
+        out = functional_call(graph, {k: v for k, v in tensors.items() if k in names}, args_for(inputs))
+        return pick(out, model_fn.output) if logits else out  # the logits of a tuple, dict or ModelOutput
 
     return fn
 
@@ -97,7 +99,7 @@ def tail(model_fn, layer: str):
         return model_fn.head
     graph = _cut(model_fn, layer, "tail") if isinstance(model_fn, FunctionalModel) else None
     # a copy of a: an in-place op right after the layer (ReLU(inplace=True)) would write into the caller's rows
-    return None if graph is None else _call(model_fn, graph, lambda a: (None, None, a.clone()))
+    return None if graph is None else _call(model_fn, graph, lambda a: (None, None, a.clone()), True)
 
 
 def upto(model_fn, layer: str):
@@ -106,4 +108,4 @@ def upto(model_fn, layer: str):
     if isinstance(model_fn, SplitModel):
         return model_fn.features
     graph = _cut(model_fn, layer, "upto") if isinstance(model_fn, FunctionalModel) else None
-    return None if graph is None else _call(model_fn, graph, lambda x: (x, None))
+    return None if graph is None else _call(model_fn, graph, lambda x: (x, None), False)
