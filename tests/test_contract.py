@@ -143,7 +143,7 @@ def test_differentiable_wrt_params(info, setup, tiny_input):
 # The derivatives of LRP and DeepLIFT maps run the rules again in their backward (as the maps' own backward does),
 # not the plain forward: consistent between torch.func and autograd, but not the derivative of the map w.r.t. x
 # (docs/lrp.md, docs/deeplift.md). An open limitation, measured here.
-INEXACT_INPUT_DERIVATIVE = {"lrp", "deeplift", "deeplift_shap"}
+INEXACT_INPUT_DERIVATIVE = {"lrp"}
 
 
 def test_differentiable_wrt_input(info, tiny_input):
