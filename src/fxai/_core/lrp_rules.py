@@ -76,7 +76,8 @@ def _total(terms):
 
 def _pullback(op, x, w, b):
     """``(z, vjp)`` of ``x -> op(x, w, b)``: the modified forward and its transpose."""
-    return torch.func.vjp(lambda x: op(x, w, b), x)
+    # a view: a primal saved from an outer torch.func level trips functorch's level check inside vjp
+    return torch.func.vjp(lambda x: op(x, w, b), x.view_as(x))
 
 
 def _share(op, parts, relevance, eps, mask=None):
