@@ -160,6 +160,49 @@ class MaxPool(torch.autograd.Function):
         return torch.where(small, plain, routed / _safe(delta, small)).view_as(z), None, None, None, None
 
 
+def _pair(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v, v]
+
+
+class QuietMaxPool(torch.autograd.Function):
+    """:class:`MaxPool` for first-order use: indices, routing weights and :math:`1/\Delta` computed in the forward
+    (no input saved), the backward three native max-pool backwards (which sum over overlapping windows).
+    Not differentiable twice, not for ``torch.func``."""
+
+    @staticmethod
+    def forward(ctx, z, ref, options, eps):
+        opts = {**options, "return_indices": True}
+        y, at = O.max_pool2d(z, **opts)
+        y_ref, at_ref = O.max_pool2d(ref, **opts)
+        top = torch.maximum(y, y_ref)
+        delta = z - ref
+        small = None
+        if delta.numel() and bool(delta.abs().amin() < eps):  # units the input does not move: the gradient
+            small = delta.abs() < eps
+            inv = delta.masked_fill_(small, 1.0).reciprocal_().masked_fill_(small, 0.0)
+            small = small.to(z.dtype)
+        else:
+            inv = delta.reciprocal_()
+        ctx.pool = [_pair(options[k]) for k in ("kernel_size", "stride", "padding", "dilation")] + \
+            [options["ceil_mode"]]
+        ctx.small = small is not None
+        ctx.save_for_backward(at, at_ref.expand_as(at).contiguous(), top - y_ref, y - top, inv,
+                              *(() if small is None else (small,)))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        at, at_ref, up, down, inv, *small = ctx.saved_tensors
+
+        def unpool(g, index):
+            return torch.ops.aten.max_pool2d_with_indices_backward(g, inv, *ctx.pool, index)
+
+        out = (unpool(grad * up, at) + unpool(grad * down, at_ref)).mul_(inv)
+        if ctx.small:
+            out += unpool(grad, at).mul_(small[0])
+        return out, None, None, None
+
+
 class Product(torch.autograd.Function):
     r"""An elementwise product :math:`y = ab`: :math:`m_a = (b + b')/2`, :math:`m_b = (a + a')/2` (exact:
     :math:`\Delta(ab) = \tfrac{b + b'}2\Delta a + \tfrac{a + a'}2\Delta b`)."""
@@ -295,7 +338,10 @@ def replay_rules(rule: str, eps: float, signs: Signs | None = None, *, quiet: bo
 
     def max_pool(op, operands, refs, options, truth=None):
         true = operands if truth is None else truth[0]
-        out = MaxPool.apply(operands[0], true[0], refs[0], options, eps)
+        if quiet:
+            out = QuietMaxPool.apply(operands[0], refs[0], options, eps)
+        else:
+            out = MaxPool.apply(operands[0], true[0], refs[0], options, eps)
         if options["return_indices"]:
             return out, F.max_pool2d_with_indices(operands[0].detach(), **{
                 k: v for k, v in options.items() if k != "return_indices"})[1]
