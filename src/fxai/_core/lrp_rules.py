@@ -140,7 +140,8 @@ class ZPlus(Rule):
 
     def backward(self, op, x, w, b, relevance):
         xp, xn = _split(x)
-        return _share(op, [(xp, _pos(w), _pos(b), 1), (xn, _neg(w), None, 1)], relevance, self.stabilizer)
+        parts = [(xp, _pos(w), _pos(b), 1)] + ([] if xn is None else [(xn, _neg(w), None, 1)])
+        return _share(op, parts, relevance, self.stabilizer)
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,9 @@ class AlphaBeta(Rule):
 
     def backward(self, op, x, w, b, relevance):
         xp, xn = _split(x)
-        positive = _share(op, [(xp, _pos(w), _pos(b), 1), (xn, _neg(w), None, 1)], relevance, self.stabilizer)
-        negative = _share(op, [(xp, _neg(w), _neg(b), 1), (xn, _pos(w), None, 1)], relevance, self.stabilizer)
+        wp, wn = _pos(w), _neg(w)
+        positive = _share(op, [(xp, wp, _pos(b), 1), (xn, wn, None, 1)], relevance, self.stabilizer)
+        negative = _share(op, [(xp, wn, _neg(b), 1), (xn, wp, None, 1)], relevance, self.stabilizer)
         return self.alpha * positive - self.beta * negative
 
 
