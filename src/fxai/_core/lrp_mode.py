@@ -18,6 +18,14 @@ Jacobian. A first forward under ``RelevanceMode(..., record=[])`` runs the model
 plainly and records, in call order, the inputs of every op that gets a rule;
 the rule forward under ``RelevanceMode(..., truth=record)`` hands call k's
 recorded inputs to the backward (the values are equal; the graphs differ).
+
+Why a mode of its own rather than :mod:`fxai._core.engine`'s ``Intercept``: the
+engine binds each call to canonical operands and options per op, which
+DeepLIFT needs (rules compare an op's operands with the reference pass's);
+LRP passes pooling, means, sums and activations through as opaque calls and
+needs only the input, so the engine would add binders for some thirty
+spellings that exist only to be undone. Dispatch costs the same either way
+(``benchmarks/bench_interception.py``).
 """
 
 from __future__ import annotations
@@ -107,6 +115,20 @@ class _PassRule(torch.autograd.Function):
         return relevance, None
 
 
+class _PassRuleInPlace(torch.autograd.Function):
+    """``fn_(x)`` in place, relevance passed through unchanged: no copy back (eager autograd only)."""
+
+    @staticmethod
+    def forward(ctx, x, fn_):
+        fn_(x)
+        ctx.mark_dirty(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, relevance):
+        return relevance, None
+
+
 _LINEAR = {F.linear: "linear", F.conv1d: "conv", F.conv2d: "conv", F.conv3d: "conv"}
 _POOL = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
          F.adaptive_avg_pool3d, torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.sum}
@@ -164,6 +186,13 @@ def _folded_away(args, kwargs) -> bool:
     return bool(unit and (mean == 0).all() and (bias is None or (bias == 0).all()))
 
 
+def _in_place_ok(x) -> bool:
+    """Whether an in-place activation may run in place under :class:`_PassRuleInPlace`: eager autograd (no
+    ``torch.func``, no compilation) on a non-leaf tensor that is not a view."""
+    return (torch.is_grad_enabled() and not x.is_leaf and x._base is None and not torch.compiler.is_compiling()
+            and torch._C._functorch.peek_interpreter_stack() is None)
+
+
 class RelevanceMode(TorchFunctionMode):
     """Within the block, ops carry LRP relevance backward by the rules of ``composite``.
 
@@ -215,11 +244,14 @@ class RelevanceMode(TorchFunctionMode):
             return self._add(func, args, kwargs)
         if func in _ACTIVATION or func in _ACTIVATION_INPLACE:
             rule = self.composite.kind_rule("activation")
-            if isinstance(rule, Pass):
-                x, fn, inplace = _without_inplace(func, args, kwargs)
-                out = self._pass(x, fn)
-                return x.copy_(out) if inplace else out
-            return func(*args, **kwargs)
+            if self.record is not None or not isinstance(rule, Pass):  # a plain forward keeps the activation
+                return func(*args, **kwargs)
+            given = dict(kwargs)
+            x, fn, inplace = _without_inplace(func, args, kwargs)
+            if inplace and _in_place_ok(x):
+                return _PassRuleInPlace.apply(x, lambda t: func(t, *args[1:], **given))
+            out = self._pass(x, fn)
+            return x.copy_(out) if inplace else out
         if func is F.batch_norm and isinstance(self.composite.kind_rule("batchnorm"), Pass):
             if _folded_away(args, kwargs):
                 return args[0]

@@ -65,9 +65,10 @@ def deeplift_rows(model_fn, params, xs, refs, per: int, target: Target, *, rule:
     ``scores`` also ``(f(x), f(reference))`` per row.
     """
     ops = intercepted_ops(rule)
-    first_order = plain_autograd() and not needs_graph(params, xs, refs)
+    # the map may be differentiated: inside torch.func transforms, or tensors that require grad
+    exact = needs_graph(params, xs, refs) or torch._C._functorch.peek_interpreter_stack() is not None
     # first order on torch.autograd (one target per row, no graph kept): the rules may skip the second-order path
-    quiet = first_order and not target.multi
+    quiet = plain_autograd() and not exact and not target.multi
     parts, fx_parts, fr_parts = [], [], []
     for a, b in row_chunks(xs.shape[0], chunk_size, target.group):
         lo, hi = a // per, (b - 1) // per + 1
@@ -79,7 +80,7 @@ def deeplift_rows(model_fn, params, xs, refs, per: int, target: Target, *, rule:
         check_logits(ref_logits, refs[lo:hi])
         match, what = _matcher(hi - lo, b - a, index), "DeepLIFT's input pass and reference pass"
         truth, true_logits = None, None
-        if not first_order:
+        if exact:
             truth, true_signs = [], (Signs() if rule == "reveal_cancel" else None)
             plain = Replayer(recorder.calls, truth_rules(rule, truth, true_signs), match, what=what)
             with Intercept(dict.fromkeys(ops, plain), copy_inplace=inplace_copier(False, true_signs),

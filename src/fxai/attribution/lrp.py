@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._core.batching import auto_chunk, backward, needs_graph, per_row, plain_autograd, row_chunks, score_gradients
+from .._core.batching import auto_chunk, backward, needs_graph, per_row, row_chunks, score_gradients
 from .._core.canonizers import fold_batchnorm
 from .._core.checks import check_input
 from .._core.docs import documented
@@ -85,7 +85,7 @@ def lrp(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, composi
 
     # Where the map may be differentiated, a plain forward first: its values feed the rules' backwards and its
     # scores scale the map, so derivatives follow the model's true Jacobian (see fxai._core.lrp_mode).
-    exact = not plain_autograd() or needs_graph(params, x)
+    exact = needs_graph(params, x) or torch._C._functorch.peek_interpreter_stack() is not None
     maps, scores = [], []
     for a, b in row_chunks(x.shape[0], chunk_size, tgt.group):
         truth = None
