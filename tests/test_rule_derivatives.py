@@ -185,3 +185,30 @@ def test_lrp_first_order_maps_unchanged_by_the_plain_forward():
     plain = fxai.lrp(model_fn, params, x, 1)
     tracked = fxai.lrp(model_fn, params, x.clone().requires_grad_(), 1)
     torch.testing.assert_close(tracked.detach(), plain, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("opts", [dict(kernel_size=3, stride=2, padding=1),
+                                  dict(kernel_size=(2, 3), stride=(1, 2), ceil_mode=True),
+                                  dict(kernel_size=3, stride=1, dilation=2, padding=1), dict(kernel_size=2)],
+                         ids=["overlap-pad", "rect-ceil", "dilated", "plain"])
+def test_first_order_max_pool_rule_equals_the_differentiable_one(opts):
+    # the first-order max-pool rule (routing computed in the forward, native unpooling) against the
+    # differentiable one, with a shared and a per-input baseline
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(2, 3, 3), nn.LazyLinear(2)
+
+        def forward(self, x):
+            return self.fc(F.max_pool2d(F.relu(self.conv(x)), **opts).flatten(1))
+
+    torch.manual_seed(0)
+    model = Pool().double()
+    model(torch.zeros(1, 2, 9, 9, dtype=torch.float64))
+    model_fn, params = fxai.functional(model.eval())
+    x = _x(1, (3, 2, 9, 9))
+    for base in (0.0, _x(2, (3, 2, 9, 9))):
+        first, err = fxai.deeplift(model_fn, params, x, 1, baseline=base, return_error=True)
+        tracked = fxai.deeplift(model_fn, params, x.clone().requires_grad_(), 1, baseline=base)
+        torch.testing.assert_close(first, tracked.detach(), rtol=1e-12, atol=1e-14)
+        assert float(err.abs().max()) < 1e-12
