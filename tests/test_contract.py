@@ -140,10 +140,8 @@ def test_differentiable_wrt_params(info, setup, tiny_input):
         assert_maps_close(torch.zeros_like(g) if a is None else a, g, rtol=1e-4)
 
 
-# The derivatives of LRP and DeepLIFT maps run the rules again in their backward (as the maps' own backward does),
-# not the plain forward: consistent between torch.func and autograd, but not the derivative of the map w.r.t. x
-# (docs/lrp.md, docs/deeplift.md). An open limitation, measured here.
-INEXACT_INPUT_DERIVATIVE = {"lrp", "deeplift", "deeplift_shap"}
+# Methods whose maps' derivatives are known to be inexact (an open limitation, measured here): none.
+INEXACT_INPUT_DERIVATIVE: set = set()
 
 
 def test_differentiable_wrt_input(info, tiny_input):

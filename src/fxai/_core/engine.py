@@ -108,8 +108,9 @@ class Recorder:
 
 @dataclass
 class Replayer:
-    """Rule for a second pass: call k goes to ``rules[op.name](op, operands, recorded, options)``
-    with the operands of the first pass's k-th call.
+    """Rule for a second pass: call k goes to ``rules[op.name](op, operands, recorded, options, truth[k])``
+    with the operands of the first pass's k-th call (``truth``: optional per-call data of a third pass over the
+    same route, ``None`` without).
 
     ``match(recorded, live)`` adapts a recorded operand to the live one (e.g. repeats
     reference rows) or returns ``None`` when they cannot belong together. Call
@@ -120,6 +121,7 @@ class Replayer:
     rules: Mapping[str, Callable]
     match: Callable
     what: str = "the two passes"
+    truth: list | None = None
     position: int = field(default=0)
 
     def __call__(self, op, operands, options):
@@ -140,7 +142,8 @@ class Replayer:
                                  "first pass")
             matched.append(m)
         self.position = k + 1
-        return self.rules[op.name](op, tuple(operands), tuple(matched), options)
+        truth = None if self.truth is None else self.truth[k]
+        return self.rules[op.name](op, tuple(operands), tuple(matched), options, truth)
 
     def finish(self):
         if self.position != len(self.calls):

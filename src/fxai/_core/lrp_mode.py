@@ -12,8 +12,20 @@ all get their rule. Layers are named by their weight: inside
 ``functional_call`` the weight passed to ``F.conv2d`` is the ``params`` entry, so
 its identity gives its name.
 
-The interface a shared rule engine would need is small: ``RelevanceMode(composite, params)``
-as a context, and the three Functions below.
+Exact derivatives of the maps: a rule's backward reads its inputs' values, and
+differentiating the map must differentiate those values by the model's true
+Jacobian. A first forward under ``RelevanceMode(..., record=[])`` runs the model
+plainly and records, in call order, the inputs of every op that gets a rule;
+the rule forward under ``RelevanceMode(..., truth=record)`` hands call k's
+recorded inputs to the backward (the values are equal; the graphs differ).
+
+Why a mode of its own rather than :mod:`fxai._core.engine`'s ``Intercept``: the
+engine binds each call to canonical operands and options per op, which
+DeepLIFT needs (rules compare an op's operands with the reference pass's);
+LRP passes pooling, means, sums and activations through as opaque calls and
+needs only the input, so the engine would add binders for some thirty
+spellings that exist only to be undone. Dispatch costs the same either way
+(``benchmarks/bench_interception.py``).
 """
 
 from __future__ import annotations
@@ -29,18 +41,18 @@ class _LayerRule(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, w, b, op, rule):
+    def forward(x, x_true, w, b, op, rule):
         return op(x, w, b)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w, b, ctx.op, ctx.rule = inputs
+        _, x, w, b, ctx.op, ctx.rule = inputs
         ctx.save_for_backward(x, w, b)
 
     @staticmethod
     def backward(ctx, relevance):
         x, w, b = ctx.saved_tensors
-        return ctx.rule.backward(ctx.op, x, w, b, relevance), None, None, None, None
+        return ctx.rule.backward(ctx.op, x, w, b, relevance), None, None, None, None, None
 
 
 class _NormRule(torch.autograd.Function):
@@ -49,19 +61,19 @@ class _NormRule(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, fn, eps):
+    def forward(x, x_true, fn, eps):
         return fn(x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, ctx.fn, ctx.eps = inputs
+        _, x, ctx.fn, ctx.eps = inputs
         ctx.save_for_backward(x)
 
     @staticmethod
     def backward(ctx, relevance):
         (x,) = ctx.saved_tensors
-        z, pull = torch.func.vjp(ctx.fn, x)
-        return x * pull(relevance / stabilize(z, ctx.eps))[0], None, None
+        z, pull = torch.func.vjp(ctx.fn, x.view_as(x))  # a view: see lrp_rules._pullback
+        return x * pull(relevance / stabilize(z, ctx.eps))[0], None, None, None
 
 
 class _AddRule(torch.autograd.Function):
@@ -70,19 +82,19 @@ class _AddRule(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(a, b, eps):
+    def forward(a, b, a_true, b_true, eps):
         return a + b
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, b, ctx.eps = inputs
+        _, _, a, b, ctx.eps = inputs
         ctx.save_for_backward(a, b)
 
     @staticmethod
     def backward(ctx, relevance):
         a, b = ctx.saved_tensors
         s = relevance / stabilize(a + b, ctx.eps)
-        return a * s, b * s, None
+        return a * s, b * s, None, None, None
 
 
 class _PassRule(torch.autograd.Function):
@@ -97,6 +109,20 @@ class _PassRule(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         pass
+
+    @staticmethod
+    def backward(ctx, relevance):
+        return relevance, None
+
+
+class _PassRuleInPlace(torch.autograd.Function):
+    """``fn_(x)`` in place, relevance passed through unchanged: no copy back (eager autograd only)."""
+
+    @staticmethod
+    def forward(ctx, x, fn_):
+        fn_(x)
+        ctx.mark_dirty(x)
+        return x
 
     @staticmethod
     def backward(ctx, relevance):
@@ -160,19 +186,43 @@ def _folded_away(args, kwargs) -> bool:
     return bool(unit and (mean == 0).all() and (bias is None or (bias == 0).all()))
 
 
+def _in_place_ok(x) -> bool:
+    """Whether an in-place activation may run in place under :class:`_PassRuleInPlace`: eager autograd (no
+    ``torch.func``, no compilation) on a non-leaf tensor that is not a view."""
+    return (torch.is_grad_enabled() and not x.is_leaf and x._base is None and not torch.compiler.is_compiling()
+            and torch._C._functorch.peek_interpreter_stack() is None)
+
+
 class RelevanceMode(TorchFunctionMode):
     """Within the block, ops carry LRP relevance backward by the rules of ``composite``.
 
     ``params`` names the layers: a weight that is the entry ``"features.0.weight"``
     belongs to the layer ``"features.0"``. ``first`` tells whether the next linear or
-    convolutional op is the first of the forward.
+    convolutional op is the first of the forward. ``record``: a list; the forward runs plainly
+    and appends the inputs of each op that has a rule. ``truth``: such a record of a plain
+    forward of the same inputs, whose values the rules' backwards read.
     """
 
-    def __init__(self, composite, params):
+    def __init__(self, composite, params, *, record: list | None = None, truth: list | None = None):
         super().__init__()
         self.composite = composite
         self.names = {id(t): k.rpartition(".")[0] for k, t in params.items() if isinstance(t, torch.Tensor)}
         self.first = True
+        self.record, self.truth, self.position = record, truth, 0
+
+    def _apply(self, rule, tensors, compute, *rest):
+        """``rule.apply(*tensors, *true tensors, *rest)``; plainly ``compute(*tensors)`` when recording."""
+        if self.record is not None:
+            self.record.append(tensors)
+            return compute(*tensors)
+        true = tuple(t.detach() for t in tensors)  # no plain forward: first order only, values suffice
+        if self.truth is not None:
+            k = self.position
+            if k >= len(self.truth) or any(t.shape != u.shape for t, u in zip(self.truth[k], tensors)):
+                raise ValueError("lrp: the model took different routes through its ops in two forwards of the "
+                                 "same input (control flow on values?)")
+            true, self.position = self.truth[k], k + 1
+        return rule.apply(*tensors, *true, *rest)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
@@ -180,33 +230,42 @@ class RelevanceMode(TorchFunctionMode):
             x, w, b, op = _linear_parts(func, args, kwargs)
             rule = self.composite.layer_rule(self.names.get(id(w)), _LINEAR[func], self.first)
             self.first = False
-            return op(x, w, b) if isinstance(rule, Gradient) else _LayerRule.apply(x, w, b, op, rule)
+            if isinstance(rule, Gradient):
+                return op(x, w, b)
+            return self._apply(_LayerRule, (x,), lambda x: op(x, w, b), w, b, op, rule)
         if func in _POOL:
             rule = self.composite.kind_rule("pool")
             if isinstance(rule, Norm) and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
                 x, rest = args[0], args[1:]
-                return _NormRule.apply(x, lambda t: func(t, *rest, **kwargs), rule.stabilizer)
+                fn = lambda t: func(t, *rest, **kwargs)  # noqa: E731
+                return self._apply(_NormRule, (x,), fn, fn, rule.stabilizer)
             return self._pass_or_grad(func, args, kwargs, rule)
         if func in _ADD or func in _ADD_INPLACE:
             return self._add(func, args, kwargs)
         if func in _ACTIVATION or func in _ACTIVATION_INPLACE:
             rule = self.composite.kind_rule("activation")
-            if isinstance(rule, Pass):
-                x, fn, inplace = _without_inplace(func, args, kwargs)
-                out = _PassRule.apply(x, fn)
-                return x.copy_(out) if inplace else out
-            return func(*args, **kwargs)
+            if self.record is not None or not isinstance(rule, Pass):  # a plain forward keeps the activation
+                return func(*args, **kwargs)
+            given = dict(kwargs)
+            x, fn, inplace = _without_inplace(func, args, kwargs)
+            if inplace and _in_place_ok(x):
+                return _PassRuleInPlace.apply(x, lambda t: func(t, *args[1:], **given))
+            out = self._pass(x, fn)
+            return x.copy_(out) if inplace else out
         if func is F.batch_norm and isinstance(self.composite.kind_rule("batchnorm"), Pass):
             if _folded_away(args, kwargs):
                 return args[0]
             rest = args[1:]
-            return _PassRule.apply(args[0], lambda t: func(t, *rest, **kwargs))
+            return self._pass(args[0], lambda t: func(t, *rest, **kwargs))
         return func(*args, **kwargs)
+
+    def _pass(self, x, fn):
+        return fn(x) if self.record is not None else _PassRule.apply(x, fn)
 
     def _pass_or_grad(self, func, args, kwargs, rule):
         if isinstance(rule, Pass):
             x, rest = args[0], args[1:]
-            return _PassRule.apply(x, lambda t: func(t, *rest, **kwargs))
+            return self._pass(x, lambda t: func(t, *rest, **kwargs))
         return func(*args, **kwargs)
 
     def _add(self, func, args, kwargs):
@@ -218,5 +277,5 @@ class RelevanceMode(TorchFunctionMode):
         if not plain or not isinstance(rule, Norm):
             return func(*args, **kwargs)
         if func in _ADD_INPLACE:
-            return a.copy_(_AddRule.apply(a.clone(), b, rule.stabilizer))
-        return _AddRule.apply(a, b, rule.stabilizer)
+            return a.copy_(self._apply(_AddRule, (a.clone(), b), torch.add, rule.stabilizer))
+        return self._apply(_AddRule, (a, b), torch.add, rule.stabilizer)

@@ -39,8 +39,22 @@ import torch
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    r""":math:`z + \varepsilon\,(\mathrm{sign}(z) + [z = 0])`: pushed away from zero, keeping the sign."""
-    return z + torch.where(z >= 0, torch.tensor(eps, dtype=z.dtype, device=z.device), -eps)
+    r""":math:`z + \varepsilon\,(\mathrm{sign}(z) + [z = 0])`: pushed away from zero, keeping the sign.
+
+    Computed as ``copysign(ε, z + 0) + (z + 0)`` (adding 0 turns -0 into +0): no boolean mask, and in place
+    on a fresh copy where no graph is recorded (see :func:`_in_place`)."""
+    e = torch.tensor(eps, dtype=z.dtype, device=z.device)
+    if not _in_place():
+        z = z + 0.0
+        return z + torch.copysign(e, z)
+    z = z + 0.0
+    return z.add_(torch.copysign(e, z))
+
+
+def _in_place() -> bool:
+    """Whether a rule's backward may write into its fresh intermediates: first order (no graph recorded),
+    outside ``torch.func`` transforms and ``torch.compile``; saves allocations of activation-sized tensors."""
+    return not torch.is_grad_enabled() and _eager()
 
 
 def _pos(t):
@@ -76,7 +90,8 @@ def _total(terms):
 
 def _pullback(op, x, w, b):
     """``(z, vjp)`` of ``x -> op(x, w, b)``: the modified forward and its transpose."""
-    return torch.func.vjp(lambda x: op(x, w, b), x)
+    # a view: a primal saved from an outer torch.func level trips functorch's level check inside vjp
+    return torch.func.vjp(lambda x: op(x, w, b), x.view_as(x))
 
 
 def _share(op, parts, relevance, eps, mask=None):
@@ -88,10 +103,16 @@ def _share(op, parts, relevance, eps, mask=None):
     """
     parts = [p for p in parts if p[0] is not None]
     zs, pulls = zip(*(_pullback(op, x, w, b) for x, w, b, _ in parts))
-    s = relevance / stabilize(_total([_signed(p[3], z) for p, z in zip(parts, zs)]), eps)
+    stab = stabilize(_total([_signed(p[3], z) for p, z in zip(parts, zs)]), eps)
+    if not _in_place():
+        s = relevance / stab
+        if mask is not None:
+            s = s * mask
+        return _total([_signed(p[3], p[0] * pull(s)[0]) for p, pull in zip(parts, pulls)])
+    s = relevance / stab  # (not into stab: autograd's is_grads_batched may batch the relevance)
     if mask is not None:
-        s = s * mask
-    return _total([_signed(p[3], p[0] * pull(s)[0]) for p, pull in zip(parts, pulls)])
+        s.mul_(mask)
+    return _total([_signed(p[3], pull(s)[0].mul_(p[0])) for p, pull in zip(parts, pulls)])
 
 
 class Rule:
@@ -119,7 +140,8 @@ class ZPlus(Rule):
 
     def backward(self, op, x, w, b, relevance):
         xp, xn = _split(x)
-        return _share(op, [(xp, _pos(w), _pos(b), 1), (xn, _neg(w), None, 1)], relevance, self.stabilizer)
+        parts = [(xp, _pos(w), _pos(b), 1)] + ([] if xn is None else [(xn, _neg(w), None, 1)])
+        return _share(op, parts, relevance, self.stabilizer)
 
 
 @dataclass(frozen=True)
@@ -137,8 +159,9 @@ class AlphaBeta(Rule):
 
     def backward(self, op, x, w, b, relevance):
         xp, xn = _split(x)
-        positive = _share(op, [(xp, _pos(w), _pos(b), 1), (xn, _neg(w), None, 1)], relevance, self.stabilizer)
-        negative = _share(op, [(xp, _neg(w), _neg(b), 1), (xn, _pos(w), None, 1)], relevance, self.stabilizer)
+        wp, wn = _pos(w), _neg(w)
+        positive = _share(op, [(xp, wp, _pos(b), 1), (xn, wn, None, 1)], relevance, self.stabilizer)
+        negative = _share(op, [(xp, wn, _neg(b), 1), (xn, wp, None, 1)], relevance, self.stabilizer)
         return self.alpha * positive - self.beta * negative
 
 

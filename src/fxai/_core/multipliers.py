@@ -8,6 +8,15 @@ linear ops keep their gradient, which already has that property. Backwards
 are written in torch ops on the saved inputs, so the maps stay differentiable.
 A reference shared by a batch comes as one row and broadcasts.
 
+Exact derivatives of the maps: a rule's multiplier is a function of the op's
+input :math:`z(x)`, and differentiating it must differentiate :math:`z(x)`
+by the model's true Jacobian, not by the rules. So each rule takes two
+copies of its input: the live one, through which its multiplier flows back,
+and a *true* one from a plain forward of the same model (``truth``: the
+values are equal), which is the only one its backward reads. A derivative of
+the map then reaches ``x`` and the params through the plain forward's graph.
+Without a plain forward both copies are the same tensor.
+
 :func:`replay_rules` gives the rules by op name for
 :class:`fxai._core.engine.Replayer`.
 """
@@ -40,18 +49,18 @@ class Rescale(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z, ref, op, options, eps):
+    def forward(z, z_true, ref, op, options, eps):
         return op.compute(z, **options)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        z, ref, ctx.op, ctx.options, ctx.eps = inputs
-        ctx.save_for_backward(z, ref)
+        _, z_true, ref, ctx.op, ctx.options, ctx.eps = inputs
+        ctx.save_for_backward(z_true, ref)
 
     @staticmethod
     def backward(ctx, grad):
         z, ref = ctx.saved_tensors
-        return grad * secant(ctx.op, z, ref, ctx.options, ctx.eps), None, None, None, None
+        return grad * secant(ctx.op, z, ref, ctx.options, ctx.eps), None, None, None, None, None
 
 
 def fast_secant(op, z, out, ref, options, eps):
@@ -94,12 +103,12 @@ class RevealCancel(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z, pos, neg, ref, op, options, eps):
+    def forward(z, pos, neg, z_true, pos_true, neg_true, ref, op, options, eps):
         return op.compute(z, **options)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        z, pos, neg, ref, ctx.op, ctx.options, ctx.eps = inputs
+        *_, z, pos, neg, ref, ctx.op, ctx.options, ctx.eps = inputs
         ctx.save_for_backward(z, pos, neg, ref)
 
     @staticmethod
@@ -113,7 +122,7 @@ class RevealCancel(torch.autograd.Function):
         small_p, small_n = pos.abs() < ctx.eps, neg.abs() < ctx.eps
         m_pos = torch.where(small_p, slope, up / _safe(pos, small_p))
         m_neg = torch.where(small_n, slope, down / _safe(neg, small_n))
-        return None, grad * m_pos, grad * m_neg, None, None, None, None
+        return None, grad * m_pos, grad * m_neg, None, None, None, None, None, None, None
 
 
 def _flat(t):
@@ -127,13 +136,13 @@ class MaxPool(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z, ref, options, eps):
+    def forward(z, z_true, ref, options, eps):
         return O.max_pool2d(z, **{**options, "return_indices": False})
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        z, ref, ctx.options, ctx.eps = inputs
-        ctx.save_for_backward(z, ref)
+        _, z_true, ref, ctx.options, ctx.eps = inputs
+        ctx.save_for_backward(z_true, ref)
 
     @staticmethod
     def backward(ctx, grad):
@@ -148,7 +157,50 @@ class MaxPool(torch.autograd.Function):
         plain = zero.scatter_add(-1, _flat(at), _flat(grad))
         delta = _flat(z - ref)
         small = delta.abs() < ctx.eps
-        return torch.where(small, plain, routed / _safe(delta, small)).view_as(z), None, None, None
+        return torch.where(small, plain, routed / _safe(delta, small)).view_as(z), None, None, None, None
+
+
+def _pair(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v, v]
+
+
+class QuietMaxPool(torch.autograd.Function):
+    """:class:`MaxPool` for first-order use: indices, routing weights and :math:`1/\Delta` computed in the forward
+    (no input saved), the backward three native max-pool backwards (which sum over overlapping windows).
+    Not differentiable twice, not for ``torch.func``."""
+
+    @staticmethod
+    def forward(ctx, z, ref, options, eps):
+        opts = {**options, "return_indices": True}
+        y, at = O.max_pool2d(z, **opts)
+        y_ref, at_ref = O.max_pool2d(ref, **opts)
+        top = torch.maximum(y, y_ref)
+        delta = z - ref
+        small = None
+        if delta.numel() and bool(delta.abs().amin() < eps):  # units the input does not move: the gradient
+            small = delta.abs() < eps
+            inv = delta.masked_fill_(small, 1.0).reciprocal_().masked_fill_(small, 0.0)
+            small = small.to(z.dtype)
+        else:
+            inv = delta.reciprocal_()
+        ctx.pool = [_pair(options[k]) for k in ("kernel_size", "stride", "padding", "dilation")] + \
+            [options["ceil_mode"]]
+        ctx.small = small is not None
+        ctx.save_for_backward(at, at_ref.expand_as(at).contiguous(), top - y_ref, y - top, inv,
+                              *(() if small is None else (small,)))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        at, at_ref, up, down, inv, *small = ctx.saved_tensors
+
+        def unpool(g, index):
+            return torch.ops.aten.max_pool2d_with_indices_backward(g, inv, *ctx.pool, index)
+
+        out = (unpool(grad * up, at) + unpool(grad * down, at_ref)).mul_(inv)
+        if ctx.small:
+            out += unpool(grad, at).mul_(small[0])
+        return out, None, None, None
 
 
 class Product(torch.autograd.Function):
@@ -158,19 +210,19 @@ class Product(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(a, b, ref_a, ref_b):
+    def forward(a, b, a_true, b_true, ref_a, ref_b):
         return a * b
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        ctx.save_for_backward(*inputs[2:])
 
     @staticmethod
     def backward(ctx, grad):
         a, b, ref_a, ref_b = ctx.saved_tensors
         ga = (grad * (b + ref_b) / 2).sum_to_size(a.shape)
         gb = (grad * (a + ref_a) / 2).sum_to_size(b.shape)
-        return ga, gb, None, None
+        return ga, gb, None, None, None, None
 
 
 class Softmax(torch.autograd.Function):
@@ -185,13 +237,13 @@ class Softmax(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z, ref, log, dim, eps):
+    def forward(z, z_true, ref, log, dim, eps):
         return torch.log_softmax(z, dim) if log else torch.softmax(z, dim)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        z, ref, ctx.log, ctx.dim, ctx.eps = inputs
-        ctx.save_for_backward(z, ref)
+        _, z_true, ref, ctx.log, ctx.dim, ctx.eps = inputs
+        ctx.save_for_backward(z_true, ref)
 
     @staticmethod
     def backward(ctx, grad):
@@ -204,7 +256,7 @@ class Softmax(torch.autograd.Function):
         p = torch.softmax(z, dim)
         plain = grad - p * grad.sum(dim, keepdim=True) if ctx.log else p * (grad - (grad * p).sum(dim, keepdim=True))
         small = norm2.sqrt() < ctx.eps
-        return torch.where(small, plain, change * shift / _safe(norm2, small)), None, None, None, None
+        return torch.where(small, plain, change * shift / _safe(norm2, small)), None, None, None, None, None
 
 
 class Signs:
@@ -241,7 +293,7 @@ def _split(delta):
 
 
 def _linear_rule(signs: Signs):
-    def rule(op, operands, refs, options):
+    def rule(op, operands, refs, options, truth=None):
         (a,), (a_ref,) = operands, refs
         parts = signs.get(a)
         pos_in, neg_in = parts if parts is not None else _split(a - a_ref)
@@ -265,37 +317,69 @@ def _linear_rule(signs: Signs):
 
 
 def replay_rules(rule: str, eps: float, signs: Signs | None = None, *, quiet: bool = False) -> dict:
-    """DeepLIFT's rules by op name, ``rule(op, operands, references, options) -> output``.
+    """DeepLIFT's rules by op name, ``rule(op, operands, references, options, truth) -> output``.
 
     ``rule`` is ``"rescale"`` or ``"reveal_cancel"`` (which needs ``signs``, and the linear ops intercepted).
+    ``truth``: ``(operands, parts)`` of the same call in a plain forward (see :func:`truth_rules`), read by the
+    backward instead of the live operands; ``None`` reads the live ones.
     ``quiet``: the multipliers are needed to first order only, outside ``torch.func`` transforms.
     """
-    rescale = QuietRescale if quiet else Rescale
 
-    def elementwise(op, operands, refs, options):
+    def elementwise(op, operands, refs, options, truth=None):
         (z,), (ref,) = operands, refs
         parts = None if signs is None else signs.get(z)
+        true = operands if truth is None else truth[0]
         if parts is not None:
-            return RevealCancel.apply(z, *parts, ref, op, options, eps)
-        return rescale.apply(z, ref, op, options, eps)
+            true_parts = parts if truth is None or truth[1] is None else truth[1]
+            return RevealCancel.apply(z, *parts, true[0], *true_parts, ref, op, options, eps)
+        if quiet:
+            return QuietRescale.apply(z, ref, op, options, eps)
+        return Rescale.apply(z, true[0], ref, op, options, eps)
 
-    def max_pool(op, operands, refs, options):
-        out = MaxPool.apply(operands[0], refs[0], options, eps)
+    def max_pool(op, operands, refs, options, truth=None):
+        true = operands if truth is None else truth[0]
+        if quiet:
+            out = QuietMaxPool.apply(operands[0], refs[0], options, eps)
+        else:
+            out = MaxPool.apply(operands[0], true[0], refs[0], options, eps)
         if options["return_indices"]:
             return out, F.max_pool2d_with_indices(operands[0].detach(), **{
                 k: v for k, v in options.items() if k != "return_indices"})[1]
         return out
 
+    def product(op, operands, refs, options, truth=None):
+        return Product.apply(*operands, *(operands if truth is None else truth[0]), *refs)
+
+    def softmax(log):
+        def rule(op, operands, refs, options, truth=None):
+            true = operands if truth is None else truth[0]
+            return Softmax.apply(operands[0], true[0], refs[0], log, options["dim"], eps)
+        return rule
+
     rules = {op.name: elementwise for op in O.ELEMENTWISE}
     rules["max_pool2d"] = max_pool
-    rules["mul"] = lambda op, operands, refs, options: Product.apply(*operands, *refs)
-    rules["softmax"] = lambda op, operands, refs, options: Softmax.apply(operands[0], refs[0], False,
-                                                                         options["dim"], eps)
-    rules["log_softmax"] = lambda op, operands, refs, options: Softmax.apply(operands[0], refs[0], True,
-                                                                             options["dim"], eps)
+    rules["mul"] = product
+    rules["softmax"], rules["log_softmax"] = softmax(False), softmax(True)
     if rule == "reveal_cancel":
         rules.update({op.name: _linear_rule(signs) for op in O.LINEAR_OPS})
     return rules
+
+
+def truth_rules(rule: str, record: list, signs: Signs | None = None) -> dict:
+    """Rules for the plain forward whose values the backward reads (exact derivatives): each op computes its
+    plain value, and call k appends ``(operands, parts)`` to ``record`` (``parts``: RevealCancel's
+    ``(Δ⁺, Δ⁻)`` of the operand, or ``None``). Linear ops under ``"reveal_cancel"`` build their output from the
+    parts, ``z' + Δ⁺ + Δ⁻``, which is the plain output with the plain derivative."""
+    linear = _linear_rule(signs) if rule == "reveal_cancel" else None
+
+    def plain(op, operands, refs, options, truth=None):
+        parts = None if signs is None else signs.get(operands[0])
+        record.append((tuple(operands), parts))
+        if linear is not None and op in O.LINEAR_OPS:
+            return linear(op, operands, refs, options)
+        return op.compute(*operands, **options)
+
+    return {op.name: plain for op in intercepted_ops(rule)}
 
 
 def inplace_copier(quiet: bool, signs: Signs | None):

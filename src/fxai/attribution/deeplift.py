@@ -11,7 +11,7 @@ from .._core.batching import auto_chunk, needs_graph, plain_autograd, row_chunks
 from .._core.checks import check_choice, check_input, check_positive_int
 from .._core.docs import documented
 from .._core.engine import Intercept, Recorder, Replayer
-from .._core.multipliers import Signs, inplace_copier, intercepted_ops, replay_rules
+from .._core.multipliers import Signs, inplace_copier, intercepted_ops, replay_rules, truth_rules
 from .._core.targets import Target, TargetLike, as_target, check_logits
 
 RULES = ("rescale", "reveal_cancel")
@@ -58,12 +58,17 @@ def deeplift_rows(model_fn, params, xs, refs, per: int, target: Target, *, rule:
     """DeepLIFT contributions of stacked rows ``xs [N, ...]``, row ``i`` against reference ``refs[i // per]``.
 
     Per chunk of rows: the reference pass over the chunk's reference rows under a recorder, then the
-    input pass under the replaying rules, differentiated once. Returns the contributions
-    (``[N, ...]`` or ``[N, K, ...]``), and with ``scores`` also ``(f(x), f(reference))`` per row.
+    input pass under the replaying rules, differentiated once. Where the map itself may be differentiated
+    (inside ``torch.func`` transforms, or inputs that require grad), a plain forward of the input rows comes
+    first, and the rules' backwards read its values, so the map's derivative is the true one (see
+    :mod:`fxai._core.multipliers`). Returns the contributions (``[N, ...]`` or ``[N, K, ...]``), and with
+    ``scores`` also ``(f(x), f(reference))`` per row.
     """
     ops = intercepted_ops(rule)
+    # the map may be differentiated: inside torch.func transforms, or tensors that require grad
+    exact = needs_graph(params, xs, refs) or torch._C._functorch.peek_interpreter_stack() is not None
     # first order on torch.autograd (one target per row, no graph kept): the rules may skip the second-order path
-    quiet = plain_autograd() and not needs_graph(params, xs, refs) and not target.multi
+    quiet = plain_autograd() and not exact and not target.multi
     parts, fx_parts, fr_parts = [], [], []
     for a, b in row_chunks(xs.shape[0], chunk_size, target.group):
         lo, hi = a // per, (b - 1) // per + 1
@@ -73,9 +78,18 @@ def deeplift_rows(model_fn, params, xs, refs, per: int, target: Target, *, rule:
                 dict.fromkeys(ops, recorder), copy_inplace=True):
             ref_logits = model_fn(params, refs[lo:hi].clone())  # a copy: the model may write into its input
         check_logits(ref_logits, refs[lo:hi])
+        match, what = _matcher(hi - lo, b - a, index), "DeepLIFT's input pass and reference pass"
+        truth, true_logits = None, None
+        if exact:
+            truth, true_signs = [], (Signs() if rule == "reveal_cancel" else None)
+            plain = Replayer(recorder.calls, truth_rules(rule, truth, true_signs), match, what=what)
+            with Intercept(dict.fromkeys(ops, plain), copy_inplace=inplace_copier(False, true_signs),
+                           observe=None if true_signs is None else true_signs.observe):
+                true_logits = model_fn(params, xs[a:b].clone())
+            plain.finish()
         signs = Signs() if rule == "reveal_cancel" else None
-        replayer = Replayer(recorder.calls, replay_rules(rule, eps, signs, quiet=quiet),
-                            _matcher(hi - lo, b - a, index), what="DeepLIFT's input pass and reference pass")
+        replayer = Replayer(recorder.calls, replay_rules(rule, eps, signs, quiet=quiet), match, what=what,
+                            truth=truth)
         observe = None if signs is None else signs.observe
         copy = inplace_copier(quiet, signs)
 
@@ -91,6 +105,8 @@ def deeplift_rows(model_fn, params, xs, refs, per: int, target: Target, *, rule:
         diff = xs[a:b] - _rows_for(refs[lo:hi], b - a, index)
         parts.append((diff.unsqueeze(1) if g.ndim > diff.ndim else diff) * g)
         if scores:
+            if true_logits is not None:  # the same values, differentiated by the plain forward
+                fx, logits = target.scores(true_logits, a), true_logits
             ref_logits = _rows_for(ref_logits, b - a, index)
             if target.top1:  # the class picked on the input, not the reference's own top-1
                 top = Target(b - a, index=logits.detach().argmax(-1, keepdim=True))

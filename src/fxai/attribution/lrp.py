@@ -83,16 +83,29 @@ def lrp(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, composi
     for canonize in canonizers:
         params = canonize(model_fn, params, x)
 
+    # Where the map may be differentiated, a plain forward first: its values feed the rules' backwards and its
+    # scores scale the map, so derivatives follow the model's true Jacobian (see fxai._core.lrp_mode).
+    exact = needs_graph(params, x) or torch._C._functorch.peek_interpreter_stack() is not None
     maps, scores = [], []
     for a, b in row_chunks(x.shape[0], chunk_size, tgt.group):
-        def score(rows, a=a):
-            with RelevanceMode(comp, params):
+        truth = None
+        if exact:
+            truth = []
+            with RelevanceMode(comp, params, record=truth):
+                logits = model_fn(params, x[a:b].clone())
+            check_logits(logits, x[a:b])
+            true_scores = tgt.scores(logits, a)
+
+        def score(rows, a=a, truth=truth):
+            with RelevanceMode(comp, params, truth=truth):
                 logits = model_fn(params, rows)
             check_logits(logits, rows)
             s = tgt.scores(logits, a)
             return s, s
 
         g, s = _relevance_at_input(score, x[a:b], params, tgt.multi)
+        if exact:
+            s = true_scores
         maps.append(g * per_row(s, g))
         scores.append(s)
     out = maps[0] if len(maps) == 1 else torch.cat(maps)
