@@ -36,7 +36,7 @@ def test_to_grid_errors():
     with pytest.raises(ValueError, match="reshape="):
         to_grid(torch.zeros(2, 10))
     with pytest.raises(ValueError, match="tokens"):
-        to_grid(torch.zeros(2, 11, 3))
+        to_grid(torch.zeros(2, 15, 3))  # no count of leading tokens leaves a grid
     with pytest.raises(ValueError, match="must return a grid"):
         to_grid(torch.zeros(2, 4, 3), lambda a: a)
 
