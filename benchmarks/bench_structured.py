@@ -6,7 +6,8 @@ a conditioning vector ``[B, 512]`` (FiLM-style) before the classifier: the image
 rides along with its rows through the 32 path steps. The closure variant is the floor of what packing and
 riding can cost: the same method on the image alone, the vector repeated by hand for the stacked rows. Both
 libraries use 32 Gauss–Legendre steps; Captum with ``internal_batch_size=8`` (its users' setting on the CPU),
-fxai with its default chunking (8 images per pass at 224×224). Medians of interleaved runs after a warm-up.
+fxai with its default chunking (8 images per pass at 224×224), rounded to an even number of rows for
+both fxai variants (the closure pairs rows with the batch by position). Medians of interleaved runs after a warm-up.
 
 Run: ``python benchmarks/bench_structured.py --threads 2 --repeats 5``
 """
@@ -20,6 +21,7 @@ import torchvision
 from torch import nn
 
 import fxai
+from fxai._core.batching import auto_chunk
 from timing import interleaved_medians
 
 
@@ -54,11 +56,12 @@ def main(argv=None):
         return model_fn(p, (rows, condition.repeat(rows.shape[0] // 2, 1)))
 
     ig = IntegratedGradients(module)
+    chunk = max(2, auto_chunk(None, image) // 2 * 2)  # fxai's default, even so that the closure's rows align
     variants = {
         "fxai (image, fixed(condition))": lambda: fxai.integrated_gradients(
-            model_fn, params, (image, fxai.fixed(condition)), target, steps=32),
+            model_fn, params, (image, fxai.fixed(condition)), target, steps=32, chunk_size=chunk),
         "fxai, condition closed over": lambda: fxai.integrated_gradients(closed, params, image, target, steps=32,
-                                                                         chunk_size=8),
+                                                                         chunk_size=chunk),
         "Captum additional_forward_args": lambda: ig.attribute(image, target=target, n_steps=32,
                                                                additional_forward_args=(condition,),
                                                                internal_batch_size=8),
