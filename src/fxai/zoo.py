@@ -8,7 +8,7 @@ What ``fxai explain --model`` accepts besides torchvision names and factories:
   ``timm.data.resolve_data_config`` (input size, ``crop_pct``, interpolation, mean, std).
 - ``hf:FOLDER``, or a folder holding a ``config.json``: ``AutoModelForImageClassification.from_pretrained(FOLDER)``
   and, when the folder has one, its ``AutoImageProcessor`` for the preprocessing; class names from the config's
-  ``id2label``. Nothing is downloaded: ``local_files_only=True`` and ``HF_HUB_OFFLINE=1``.
+  ``id2label``. Nothing is downloaded: ``local_files_only=True`` (and ``HF_HUB_OFFLINE=1`` while transformers is imported).
 
 timm and transformers are optional (``pip install 'fxai[zoo]'``).
 """
@@ -140,12 +140,18 @@ def _hf_model(folder: str, weights: str | None, pretrained: bool):
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise UsageError(f"--model hf:{folder}: not a HuggingFace model folder (no config.json in {folder!r}); save "
                          "one with model.save_pretrained(FOLDER)")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder: nothing may reach the network
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported: a local folder, no network
     try:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
     except ImportError:
         raise UsageError("--model with a HuggingFace folder needs transformers, which is not installed: "
                          "pip install transformers (or pip install 'fxai[zoo]')") from None
+    finally:  # the caller's environment as it was; local_files_only=True below keeps every read local
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
     try:
         model = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)
     except Exception as err:  # noqa: BLE001 - a folder transformers cannot read: say why
