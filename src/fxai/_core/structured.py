@@ -75,6 +75,7 @@ def each(fn, maps):
 
 
 def is_structured(x) -> bool:
+    """Whether ``x`` is a structured input (a tuple, list or dict) rather than one tensor."""
     return isinstance(x, (tuple, list, dict))
 
 
@@ -94,6 +95,7 @@ def batch_size(x) -> int:
 
 
 def device_of(x) -> torch.device:
+    """The device of a tensor or of a structured input's first tensor."""
     return leaves(x)[0].device
 
 
