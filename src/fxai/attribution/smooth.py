@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 from .._core import keys
 from .._core.batching import unstack
@@ -12,7 +13,6 @@ from .._core.docs import documented
 from .._core.checks import check_input, check_positive_int
 from .._core.targets import as_target
 from .._core import structured
-from torch.utils._pytree import tree_flatten
 
 
 def noisy_maps(method, model_fn, params, x, target, /, *, samples: int, sigma: float, key,
@@ -24,15 +24,13 @@ def noisy_maps(method, model_fn, params, x, target, /, *, samples: int, sigma: f
     relative to the input's range. All copies go to ``method`` as one batch of
     ``S * B`` inputs, with the target fixed on the clean input.
     """
-    if not structured.is_structured(x):
+    several = structured.is_structured(x)
+    if not several:  # a structure's leaves are checked one by one as their noise is drawn
         check_input(x)
         _check_sigma(sigma)
     check_positive_int(samples, name="samples")
     gen = keys.generator(key)
-    if structured.is_structured(x):
-        noisy = _noisy_structure(x, samples, sigma, gen)
-    else:
-        noisy = (x + _noise(x, samples, sigma, gen)).flatten(0, 1)
+    noisy = _noisy_structure(x, samples, sigma, gen) if several else (x + _noise(x, samples, sigma, gen)).flatten(0, 1)
     resolved = as_target(target, x).fixed(model_fn, params, x)
     options = dict(options or {})
     if keys.takes_key(method):
@@ -75,8 +73,9 @@ def _ensemble(reduce, name: str, doc: str):
 
         @functools.wraps(method)
         def ensembled(model_fn, params, x, target=None, *, key=None, **options):
-            return structured.each(reduce, noisy_maps(method, model_fn, params, x, target, samples=samples, sigma=sigma,
-                                     key=key, options=options))
+            maps = noisy_maps(method, model_fn, params, x, target, samples=samples, sigma=sigma, key=key,
+                              options=options)
+            return structured.each(reduce, maps)
 
         ensembled.__name__ = ensembled.__qualname__ = f"{name}({getattr(method, '__name__', 'method')})"
         ensembled.__doc__ = f"{transform.__doc__}\n\nApplied to :func:`{getattr(method, '__name__', 'method')}`."
