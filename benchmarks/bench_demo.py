@@ -2,7 +2,7 @@
 
 "black": deletion with a black fill and insertion from a blurred image, 16 steps each (the demo's former
 columns); "honest": deletion and insertion over a blurred fill, 12 steps each, and ROAD (noisy linear
-imputation, MoRF and LeRF) on the first 16 images (``fxai.demo.FULL``'s columns). 64 synthetic 32×32 images,
+imputation, MoRF and LeRF) on the first 16 images (``fxai.app.demo.FULL``'s columns). 64 synthetic 32×32 images,
 the demo's SmallCNN; a smooth (CAM-like) and a pixel-wise (gradient-like) map. Variants interleaved in one
 process; median seconds per map.
 
@@ -18,7 +18,8 @@ import time
 import torch
 
 import fxai
-from fxai import demo, metrics
+from fxai import metrics
+from fxai.app import demo
 from fxai.data.synthetic import shapes
 from fxai.models import SmallCNN
 

@@ -31,7 +31,7 @@ import torch
 import torchvision
 
 import fxai
-from fxai._core.nmf import nmf
+from fxai.attribution.nmf import nmf
 from timing import interleaved_medians
 
 

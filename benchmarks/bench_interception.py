@@ -25,10 +25,10 @@ import torchvision
 from timing import interleaved_medians
 
 import fxai
-from fxai._core.engine import Intercept, Recorder
-from fxai._core.lrp_mode import RelevanceMode
-from fxai._core.lrp_rules import as_composite
-from fxai._core.multipliers import intercepted_ops
+from fxai.rules.engine import Intercept, Recorder
+from fxai.rules.lrp_mode import RelevanceMode
+from fxai.rules.lrp import as_composite
+from fxai.rules.multipliers import intercepted_ops
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """The ``fxai`` command end to end: ``explain`` on real image files and saved weights, one-line errors, ``demo --quick``.
 
 Subprocess runs cost ~3 s of imports each, so there are four; the many bad-input
-cases run in-process through ``fxai.cli.main`` (the same code path, stderr captured).
+cases run in-process through ``fxai.app.cli.main`` (the same code path, stderr captured).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torchvision
 from PIL import Image
 
 import fxai
-from fxai import cli, demo, demo_scores, loading, registry
+from fxai import registry
+from fxai.app import cli, demo, demo_scores, loading
 from fxai._core.discovery import resolve_layers
 
 TINY_MODEL = '''
@@ -63,7 +64,7 @@ def nn_whole():
 def _run(args, cwd, timeout=240):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fxai.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fxai.app.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -315,9 +316,10 @@ def test_interrupted_training_keeps_its_progress(tmp_path, monkeypatch, one_thre
     assert torch.load(path)["step"] == 3                 # saved on interrupt, not only every save_every steps
     assert log[-1].startswith("\ninterrupted at step 3 of 12; progress saved")
     monkeypatch.setattr(demo, "shapes", real)
-    open(path + ".tmp", "wb").write(b"half a file")        # a run killed while saving
+    leftover = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.x1y2.tmp")
+    open(leftover, "wb").write(b"half a file")          # a run killed while saving
     resumed = demo.train(config, seed=3, device=torch.device("cpu"), checkpoint=path, progress=False, log=log.append)
-    assert log[-1] == f"resuming training from step 3 of {config.steps} ({path})" and not os.path.exists(path + ".tmp")
+    assert log[-1] == f"resuming training from step 3 of {config.steps} ({path})" and not os.path.exists(leftover)
     straight = demo.train(config, seed=3, device=torch.device("cpu"), progress=False)
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
@@ -335,13 +337,13 @@ def test_full_disk_is_one_line(tmp_path, monkeypatch, one_thread, capsys):
     assert code == cli.EXIT_ERROR
     last = err.splitlines()[-1]                          # after the closed progress bar, on a line of its own
     assert last.startswith("fxai: error: cannot save the model to") and err.endswith(last + "\n")
-    assert "cannot save the model to" in err and "disk full" in err and "enforce" not in err
-    assert not list((tmp_path / "r").glob("*.tmp"))
+    assert "cannot save the model to" in err and "disk is full" in err and "enforce" not in err
+    assert not list((tmp_path / "r").glob("*.tmp")) and not list((tmp_path / "r").glob(".*.tmp"))
 
 
 def test_report_files_are_replaced_whole(tmp_path, monkeypatch):
     """A run killed while writing the report leaves the previous files whole (writes go to .tmp, then a rename)."""
-    from fxai import viz
+    from fxai._core.files import write_atomic
     (tmp_path / "results.json").write_text("previous")
 
     def killed(tmp):
@@ -349,8 +351,8 @@ def test_report_files_are_replaced_whole(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        viz._atomic(tmp_path / "results.json", killed)
-    assert (tmp_path / "results.json").read_text() == "previous" and not (tmp_path / "results.json.tmp").exists()
+        write_atomic(tmp_path / "results.json", killed)
+    assert (tmp_path / "results.json").read_text() == "previous" and os.listdir(tmp_path) == ["results.json"]
 
 
 # ---------------------------------------------------------------- explain: what the user meets

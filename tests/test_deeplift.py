@@ -12,8 +12,8 @@ from torch import nn
 
 import fxai
 from fxai._core import keys
-from fxai._core import ops as O
-from fxai._core.engine import RouteError
+from fxai.rules import ops as O
+from fxai.rules.engine import RouteError
 
 
 def close(got, expected, rtol=1e-5):

@@ -14,7 +14,7 @@ from conftest import ModuleSnapshot, active_modes, leftover_hooks, make_tiny_cnn
 
 import fxai
 from fxai._core.layers import forward_with_activations
-from fxai._core.nmf import CHECK_EVERY, _random_init, nmf, relative_error
+from fxai.attribution.nmf import CHECK_EVERY, _random_init, nmf, relative_error
 
 sklearn_nmf = pytest.importorskip("sklearn.decomposition").NMF
 
@@ -359,7 +359,7 @@ def _auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
 def test_concepts_of_a_trained_cnn_separate_object_from_background():
     """SmallCNN trained as the demo trains it (24×24, 300 steps; 100 % held-out accuracy), then 2 concepts at its
     last block over 64 held-out images: one concept's map picks out the objects' pixels well above chance."""
-    from fxai import demo
+    from fxai.app import demo
     from fxai.data.synthetic import shapes
 
     config = demo.DemoConfig(size=24, width=16, steps=300, batch=64)

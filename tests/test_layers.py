@@ -8,7 +8,7 @@ import fxai
 from fxai._core.discovery import default_layer, resolve_layers, trace_modules
 from fxai._core.functional import split
 from fxai._core.layers import layer_and_input_gradients, layer_gradients, tapped
-from fxai.grids import to_grid
+from fxai._core.grids import to_grid
 from fxai._core.targets import as_target
 
 

@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 import fxai
-from fxai import cli
+from fxai.app import cli
 from fxai.roar import jobs, report
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxai
-from fxai._core.lrp_rules import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus, epsilon_gamma_box
+from fxai.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus, epsilon_gamma_box
 
 
 class DeepNet(nn.Module):

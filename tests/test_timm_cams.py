@@ -11,7 +11,7 @@ from torch import nn
 
 import fxai
 from fxai._core.discovery import resolve_layers
-from fxai.grids import to_grid
+from fxai._core.grids import to_grid
 from fxai.postprocess import normalize
 
 

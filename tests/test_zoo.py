@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import fxai
-from fxai import cli, loading, zoo
+from fxai.app import cli, loading, zoo
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 

@@ -11,8 +11,8 @@ from ._core.functional import FunctionalModel as FunctionalModel
 from ._core.functional import functional as functional
 from ._core.functional import split as split
 from ._core.structured import fixed as fixed
-from ._core.rules import relu_rule as relu_rule
-from ._core.rules import with_relu_rule as with_relu_rule
+from .rules.relu import relu_rule as relu_rule
+from .rules.relu import with_relu_rule as with_relu_rule
 from .attribution.deeplift import deeplift as deeplift
 from .attribution.deeplift import deeplift_shap as deeplift_shap
 from .attribution.gradient import gradient as gradient
@@ -28,8 +28,8 @@ from .attribution.layer_space import layer_conductance as layer_conductance
 from .attribution.neurons import LayerOutput as LayerOutput
 from .attribution.neurons import layer_output as layer_output
 from .attribution.neurons import neuron as neuron
-from ._core.canonizers import fold_batchnorm as fold_batchnorm
-from ._core import lrp_rules as lrp_rules
+from .rules.canonizers import fold_batchnorm as fold_batchnorm
+from .rules import lrp as lrp_rules
 from .attribution.smooth import smoothgrad as smoothgrad
 from .attribution.smooth import smoothgrad_sq as smoothgrad_sq
 from .attribution.smooth import vargrad as vargrad
@@ -47,8 +47,8 @@ from .attribution.masked_cams import ablation_cam as ablation_cam
 from .attribution.masked_cams import score_cam as score_cam
 from .attribution.masks import occlusion as occlusion
 from .attribution.masks import rise as rise
-from .grids import to_grid as to_grid
-from ._core.segmentation import segmentation_target as segmentation_target
+from ._core.grids import to_grid as to_grid
+from .targets import segmentation_target as segmentation_target
 from .attribution.factorization import Factorization as Factorization
 from .attribution.factorization import deep_feature_factorization as deep_feature_factorization
 from .compiled import compiled as compiled

@@ -26,7 +26,7 @@ from .._core.discovery import resolve_layers
 from .._core.docs import documented
 from .._core.layers import forward_with_activations, layer_gradients
 from .._core.targets import Target, as_target, check_logits
-from ..grids import to_grid
+from .._core.grids import to_grid
 from ..postprocess import upsample as _upsample
 
 MODES = ("bilinear", "nearest", "bicubic")

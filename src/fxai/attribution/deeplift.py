@@ -10,8 +10,8 @@ from .._core import keys
 from .._core.batching import auto_chunk, needs_graph, plain_autograd, row_chunks, score_gradients
 from .._core.checks import check_choice, check_input, check_positive_int
 from .._core.docs import documented
-from .._core.engine import Intercept, Recorder, Replayer
-from .._core.multipliers import Signs, inplace_copier, intercepted_ops, replay_rules, truth_rules
+from ..rules.engine import Intercept, Recorder, Replayer
+from ..rules.multipliers import Signs, inplace_copier, intercepted_ops, replay_rules, truth_rules
 from .._core.targets import Target, TargetLike, as_target, check_logits
 
 RULES = ("rescale", "reveal_cancel")

@@ -19,9 +19,9 @@ from .._core.keys import Key, generator
 from .._core.discovery import resolve_layers
 from .._core.functional import SplitModel
 from .._core.layers import forward_with_activations
-from .._core.nmf import nmf
+from .nmf import nmf
 from .._core.targets import check_logits
-from ..grids import to_grid
+from .._core.grids import to_grid
 from .cam_driver import check_options, resize
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._core.docs import documented
-from .._core.rules import with_relu_rule
+from ..rules.relu import with_relu_rule
 from .gradient import gradient
 
 

@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .._core.batching import auto_chunk, backward, needs_graph, per_row, row_chunks, score_gradients
-from .._core.canonizers import fold_batchnorm
+from ..rules.canonizers import fold_batchnorm
 from .._core.checks import check_input
 from .._core.docs import documented
-from .._core.lrp_mode import RelevanceMode
-from .._core.lrp_rules import as_composite
+from ..rules.lrp_mode import RelevanceMode
+from ..rules.lrp import as_composite
 from .._core.targets import TargetLike, as_target, check_logits
 
 

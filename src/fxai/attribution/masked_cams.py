@@ -15,7 +15,7 @@ from .._core.docs import documented
 from .._core.layers import tapped
 from .._core.stacking import SCORES, clean_forward, per_input, row_scores, rows_of
 from .._core.targets import TargetLike, check_logits
-from ..grids import to_grid
+from .._core.grids import to_grid
 from ..postprocess import normalize
 from ..postprocess import upsample as _resize
 from .cam_driver import check_options, resize

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import datasets as local
 from ..data.synthetic import Shapes
+from .._core.files import write_atomic
 from .extraction import collate
 
 DATASETS = ("shapes", "mnist", "cifar10", "folder")
@@ -99,9 +100,8 @@ def save(data: dict, folder: str) -> None:
         if d.masks is not None:
             tensors["masks"] = d.masks.contiguous()
         path = os.path.join(folder, f"{split}.safetensors")
-        tmp = f"{path}.tmp-{os.getpid()}"
-        save_file(tensors, tmp, metadata={"name": d.name, "classes": str(data["classes"])})
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"name": d.name,
+                                                                          "classes": str(data["classes"])}))
 
 
 def read(folder: str) -> dict | None:

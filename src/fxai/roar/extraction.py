@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._core.checks import check_positive_int
+from .._core.files import write_atomic, write_json
 from . import dist, methods
 
 FORMAT = "fxai-maps/1"
@@ -95,16 +96,6 @@ def _check_manifest(path: str, wanted: dict) -> None:
                          "use another folder or delete this one")
 
 
-def _write_atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp-{platform.node()}-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def shard_path(folder: str, shard: int) -> str:
     """The file of shard number ``shard`` in ``folder``."""
     return os.path.join(folder, f"shard-{shard:05d}.safetensors")
@@ -170,7 +161,7 @@ def extract(model_fn, params, dataset: Dataset, method: str, out: str, *, option
     if os.path.exists(path):
         _check_manifest(path, manifest)
     else:
-        _write_atomic(path, lambda p: _dump(manifest, p))
+        write_json(path, manifest)
         _check_manifest(path, manifest)  # another process may have won the race with another request
 
     rank, world = dist.init(device) if part is None else _part(part)
@@ -195,11 +186,6 @@ def _part(part) -> tuple[int, int]:
             or not 0 <= part[0] < part[1]):
         raise ValueError(f"part must be a pair (i, n) of ints with 0 <= i < n, got {part!r}")
     return int(part[0]), int(part[1])
-
-
-def _dump(obj, path):
-    with open(path, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
 
 
 def _shard(model_fn, params, dataset, make, k, shard_size, batch_size, *, target, key, dtype, device, num_workers,
@@ -281,7 +267,7 @@ def _save_shard(out, k, maps, start, spec):
     from safetensors.torch import save_file
 
     index = torch.arange(start, start + maps.shape[0], dtype=torch.long)
-    _write_atomic(shard_path(out, k), lambda p: save_file({"maps": maps.contiguous(), "index": index}, p,
+    write_atomic(shard_path(out, k), lambda p: save_file({"maps": maps.contiguous(), "index": index}, p,
                                                           metadata={"method": spec}))
 
 

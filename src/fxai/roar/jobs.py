@@ -21,16 +21,9 @@ import os
 import platform
 import time
 
+from .._core.files import write_json
+
 GRID = "grid.json"
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{platform.node()}-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_grid(folder: str, jobs: list[dict], settings: dict) -> dict:
@@ -53,7 +46,7 @@ def write_grid(folder: str, jobs: list[dict], settings: dict) -> dict:
             raise ValueError(f"{path} holds another grid (other jobs or settings); use another output folder "
                              "or delete it")
         return found
-    _write_json_atomic(path, grid)
+    write_json(path, grid)
     return read_grid(folder)
 
 
@@ -78,7 +71,7 @@ def done(folder: str, job_id: str) -> bool:
 
 def write_result(folder: str, job_id: str, result: dict) -> None:
     """Write job ``job_id``'s result atomically (a finished job is never half-written)."""
-    _write_json_atomic(result_path(folder, job_id), result)
+    write_json(result_path(folder, job_id), result)
 
 
 def read_results(folder: str) -> dict[str, dict]:

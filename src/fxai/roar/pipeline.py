@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from .._core.files import write_atomic, write_json
 from .._core.functional import functional
 from . import datasets, dist, extraction, jobs, methods, removal
 from .nets import CAM_LAYERS
@@ -108,7 +109,7 @@ def _check_config(out: str, config: RoarConfig) -> None:
             diff = sorted(k for k in wanted if found.get(k) != wanted[k])
             raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); use another --out folder")
     elif dist.init()[0] == 0:
-        jobs._write_json_atomic(path, wanted)
+        write_json(path, wanted)
 
 
 def _data(out: str, config: RoarConfig) -> dict:
@@ -136,8 +137,8 @@ def _base_model(out: str, config: RoarConfig, data: dict, device, log) -> torch.
                     seed=config.seed, device=device)
         if dist.init()[0] == 0:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path + ".tmp")
-            os.replace(path + ".tmp", path)
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            write_atomic(path, lambda tmp: save_file(state, tmp))
         dist.barrier()
     model = build(config.train.arch, data["classes"], channels=data["train"].images.shape[1],
                   width=config.train.width)
@@ -237,7 +238,7 @@ def _altered(out: str, job: dict, xs: dict, settings: dict, device) -> dict:
     if path is not None and dist.init()[0] == 0:
         from safetensors.torch import save_file
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        extraction._write_atomic(path, lambda p: save_file({k: v.cpu().contiguous() for k, v in xs.items()}, p))
+        write_atomic(path, lambda p: save_file({k: v.cpu().contiguous() for k, v in xs.items()}, p))
     return xs
 
 

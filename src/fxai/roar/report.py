@@ -6,6 +6,7 @@ import json
 import os
 import statistics
 
+from .._core.files import write_atomic, write_json, write_text
 from . import jobs
 from .pipeline import CONTROLS
 
@@ -86,7 +87,7 @@ def plot(agg: dict, path: str) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -147,8 +148,7 @@ def write(out: str) -> dict:
     if agg:
         plot(agg, os.path.join(folder, "accuracy.png"))
     rows = table(agg)
-    with open(os.path.join(folder, "table.md"), "w") as fh:
-        fh.write("\n".join(rows) + "\n")
+    write_text(os.path.join(folder, "table.md"), "\n".join(rows) + "\n")
     flagged = flags(agg)
     errors = {k: r["error"] for k, r in results.items() if "error" in r}
     base = [r["accuracy"] for r in results.values() if r.get("method") is None and "accuracy" in r]
@@ -160,8 +160,7 @@ def write(out: str) -> dict:
                                          for k, d in flagged.items()],
                "seconds_train_total": sum(r.get("seconds_train", 0) + r.get("seconds_alter", 0)
                                           for r in results.values())}
-    with open(os.path.join(folder, "results.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
+    write_json(os.path.join(folder, "results.json"), summary, sort_keys=False)
     cfg = grid["settings"]["config"]
     chance = 1 / grid["settings"]["classes"]
     text = ["# ROAR / KAR report", "",
@@ -182,6 +181,5 @@ def write(out: str) -> dict:
         text += ["Every method ranks better than the random control (where it was run)."]
     if errors:
         text += ["", "Failed jobs:", ""] + [f"- {k}: {v}" for k, v in errors.items()]
-    with open(os.path.join(folder, "summary.md"), "w") as fh:
-        fh.write("\n".join(text) + "\n")
+    write_text(os.path.join(folder, "summary.md"), "\n".join(text) + "\n")
     return summary

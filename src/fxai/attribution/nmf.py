@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import torch
 
-from .checks import check_positive_int
-from .keys import Key, normal
+from .._core.checks import check_positive_int
+from .._core.keys import Key, normal
 
 
 CHECK_EVERY = 10

@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from . import postprocess
-from ._core.checks import check_choice
+from .. import postprocess
+from .._core.checks import check_choice
+from .._core.files import write_atomic
 
 SIGNS = ("positive", "negative", "absolute", "all")
 ORIGINS = ("zero", "min")
@@ -337,24 +338,9 @@ def curves(data: Mapping[str, tuple], *, title: str | None = None, xlabel: str =
     return fig
 
 
-def _atomic(path, write) -> str:
-    """Run ``write(temporary path)``, then move the file into place: a reader never sees half a file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def save(fig, path) -> str:
     """Write ``fig`` as a PNG at ``path`` (parent folders are created; written whole or not at all)."""
-    return _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def save_rgb(rgb: np.ndarray, path) -> str:
@@ -362,12 +348,4 @@ def save_rgb(rgb: np.ndarray, path) -> str:
     from PIL import Image
 
     image = Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8))
-    return _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-
-# The concept figures of Deep Feature Factorization live in their own module, reachable from here.
-from .viz_concepts import concept_colours as concept_colours  # noqa: E402
-from .viz_concepts import concept_labels as concept_labels  # noqa: E402
-from .viz_concepts import concept_overlay as concept_overlay  # noqa: E402
-from .viz_concepts import factorization as factorization  # noqa: E402
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import metrics
+from .. import metrics
 
 # The demo's metric list, one place to change. Localisation scores: (heat [B, H, W] >= 0, masks [B, H, W] bool)
 # -> [B], higher is better. Faithfulness: (model_fn, params, x, target, heat, config, seed) -> (score [B'], curve

@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                          "CAMs are shown by their positive part, RISE by its variation above its minimum")
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps `fxai --debug explain`
                       help="show the full traceback on errors")
-    from .roar.cli import add_commands as add_roar_commands
+    from .roar import add_commands as add_roar_commands
     add_roar_commands(sub)
     return parser
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         if args.command in ("roar", "extract"):
-            from .roar import cli as roar_cli
+            from . import roar as roar_cli
             return roar_cli.run(args)
         return _explain(args)
     except KeyboardInterrupt:
@@ -236,11 +236,11 @@ def _explain(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from . import postprocess, registry, viz
-    from ._core.batching import reporting
-    from ._core.discovery import resolve_layers
-    from ._core.functional import functional
-    from ._core.targets import probabilities
+    from .. import postprocess, registry, viz
+    from .._core.batching import reporting
+    from .._core.discovery import resolve_layers
+    from .._core.functional import functional
+    from .._core.targets import probabilities
     from .loading import input_channels, load_images, resolve_device
 
     if not args.keep_size and args.resize is not None and min(args.resize) < 1:
@@ -356,8 +356,8 @@ def _concepts(args, model_fn, params, images, mean, std, device, layer, categori
     """Deep Feature Factorization of all the images at the CAM layer: ``factorization.png`` and the concepts' names."""
     import torch
 
-    from . import viz
-    from .attribution.factorization import deep_feature_factorization
+    from .. import viz
+    from ..attribution.factorization import deep_feature_factorization
 
     if len({tuple(img.shape) for _, img in images}) > 1:
         raise UsageError("--concepts factorises all the images together: they need one size (drop --keep-size)")

@@ -21,13 +21,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import loading, metrics, postprocess, registry, viz
-from .attribution.factorization import deep_feature_factorization
+from .. import metrics, postprocess, registry, viz
+from . import loading
+from ..attribution.factorization import deep_feature_factorization
 from .demo_scores import BLUR, FAITHFULNESS, LOCALISATION, markdown, no_better_than_chance, print_table
-from ._core.batching import reporting
-from ._core.functional import functional
-from .data.synthetic import CLASS_NAMES, shapes
-from .models import SmallCNN
+from .._core.batching import reporting
+from .._core.files import DiskFullError, remove_leftovers, write_atomic, write_text
+from .._core.functional import functional
+from ..data.synthetic import CLASS_NAMES, shapes
+from ..models import SmallCNN
 
 TEST_START = 1 << 30  # held-out samples: indices the training stream never reaches
 
@@ -80,8 +82,8 @@ def train(config: DemoConfig, *, seed: int, device: torch.device, checkpoint: st
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps)
     key, step = _checkpoint_key(config, seed), 0
-    if checkpoint and os.path.exists(checkpoint + ".tmp"):
-        os.remove(checkpoint + ".tmp")                  # left by a run killed while saving
+    if checkpoint:
+        remove_leftovers(checkpoint)                    # left by a run killed while saving
     if checkpoint and os.path.exists(checkpoint):
         try:
             state = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -105,17 +107,12 @@ def train(config: DemoConfig, *, seed: int, device: torch.device, checkpoint: st
     def save():
         if not checkpoint:
             return
-        tmp = checkpoint + ".tmp"
+        state = {"key": key, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "schedule": schedule.state_dict()}
         try:
-            torch.save({"key": key, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict()}, tmp)
-            os.replace(tmp, checkpoint)
-        except (OSError, RuntimeError) as err:          # torch reports a full disk as a RuntimeError from C++
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else \
-                "the write failed (is the disk full?)"
-            raise OSError(f"cannot save the model to {checkpoint}: {reason}") from None
+            write_atomic(checkpoint, lambda tmp: torch.save(state, tmp))
+        except DiskFullError:
+            raise OSError(f"cannot save the model to {checkpoint}: the disk is full") from None
 
     model.train()
     end = config.steps if stop_after is None else min(config.steps, step + stop_after)
@@ -192,13 +189,6 @@ def _score(model_fn, params, x, target, heat, masks, config, seed) -> tuple[dict
         if probs is not None:
             curves[name] = (fractions, probs.mean(0).cpu())
     return scores, curves
-
-
-def _write_atomic(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            fh.write(text)
-    viz._atomic(path, write)
 
 
 def _concepts(model_fn, params, x, masks, seed: int, out: str, count: int = 3) -> dict:
@@ -313,8 +303,8 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
         "concepts": concepts,
         "seconds": time.perf_counter() - started,
     }
-    _write_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=1))
-    _write_atomic(os.path.join(out, "report.md"), markdown(results, rows, chance) + _concepts_markdown(concepts))
+    write_text(os.path.join(out, "results.json"), json.dumps(results, indent=1))
+    write_text(os.path.join(out, "report.md"), markdown(results, rows, chance) + _concepts_markdown(concepts))
     log("")
     print_table(rows, chance, log)
     log(f"\nreport written to {os.path.abspath(out)} (report.md, grid.png, curves.png, concepts.png, results.json) in "

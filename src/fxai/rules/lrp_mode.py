@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .lrp_rules import Gradient, Norm, Pass, stabilize
+from .lrp import Gradient, Norm, Pass, stabilize
 
 
 class _LayerRule(torch.autograd.Function):

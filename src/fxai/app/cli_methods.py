@@ -9,7 +9,7 @@ from .loading import UsageError
 def parse_methods(text: str, settings: dict) -> list:
     """Registry rows for ``--method``: names, ``all``, or ``TRANSFORM:METHOD`` (the transform takes ``samples`` and
     ``sigma`` from ``settings``)."""
-    from .registry import METHODS, TRANSFORMS, applied
+    from ..registry import METHODS, TRANSFORMS, applied
 
     names = [m.strip() for m in text.split(",") if m.strip()]
     if names == ["all"]:
@@ -84,7 +84,7 @@ def check_options(options: dict, methods: list) -> None:
 
 def help_epilog() -> str:
     """The end of ``fxai explain --help``: the methods, the transforms and their options."""
-    from .registry import METHODS, TRANSFORMS
+    from ..registry import METHODS, TRANSFORMS
 
     def opts(info):
         skip = {"model_fn", "params", "x", "target", "layer", "key", "references", "options", "chunk_size"}

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .viz import _figure, _image_rgb
+from .maps import _figure, _image_rgb
 
 
 

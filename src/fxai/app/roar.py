@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import pipeline
-from .removal import FILLS, MODES
-from .train import AUGMENTATIONS, OPTIMIZERS, TrainConfig
+from ..roar import pipeline
+from ..roar.removal import FILLS, MODES
+from ..roar.train import AUGMENTATIONS, OPTIMIZERS, TrainConfig
 
 COMMANDS = ("roar", "extract")
 _D, _T = pipeline.RoarConfig(), TrainConfig()
@@ -36,7 +36,7 @@ def _names(choices):
 
 def _methods(text: str) -> tuple[str, ...]:
     """Comma-separated specs; commas inside parentheses do not split (there are none in valid specs)."""
-    from . import methods
+    from ..roar import methods
 
     values = tuple(v.strip() for v in text.split(",") if v.strip())
     try:
@@ -152,7 +152,7 @@ def _config(args) -> pipeline.RoarConfig:
 def run(args) -> int:
     """Run the subcommand of parsed ``args`` (``args.command`` in :data:`COMMANDS`); returns the exit status."""
     if args.command == "roar":
-        from .runner import run as run_roar
+        from ..roar.runner import run as run_roar
 
         run_roar(args.out, _config(args), device=args.device, workers=args.workers, threads=args.threads,
                  stale_after=args.stale_after, only=args.only or "all")
@@ -166,8 +166,8 @@ def _extract(args) -> int:
     import torch
 
     from .._core.functional import functional
-    from . import datasets, dist, extraction
-    from .nets import CAM_LAYERS, build
+    from ..roar import datasets, dist, extraction
+    from ..roar.nets import CAM_LAYERS, build
 
     data = datasets.load(args.dataset, root=args.data_dir, size=args.size or _D.size,
                          classes=args.classes or _D.classes, train_count=args.train_count,
@@ -184,7 +184,7 @@ def _extract(args) -> int:
     device = dist.local_device(torch.device(args.device))
     model_fn, params = functional(model.to(device).eval())
     options = dict(args.options or {})
-    from . import methods
+    from ..roar import methods
     inner = methods.parse(args.method)[1]
     if inner not in methods.CONTROLS and methods.registry.method(inner).layered:
         options.setdefault("layer", CAM_LAYERS[args.arch])

@@ -1,0 +1,1 @@
+"""The applications over the library: the ``fxai`` command, the demo, model and image loading, model zoos."""
