@@ -43,6 +43,12 @@ from .attribution.gradient_cams import guided_grad_cam as guided_grad_cam
 from .attribution.gradient_cams import hires_cam as hires_cam
 from .attribution.gradient_cams import layer_cam as layer_cam
 from .attribution.gradient_cams import xgrad_cam as xgrad_cam
+from .attribution.cam_variants import finer_cam as finer_cam
+from .attribution.cam_variants import grad_cam_element_wise as grad_cam_element_wise
+from .attribution.cam_variants import kpca_cam as kpca_cam
+from .attribution.cam_variants import refine_cam as refine_cam
+from .attribution.cam_variants import seg_eigen_cam as seg_eigen_cam
+from .attribution.cam_variants import shapley_cam as shapley_cam
 from .attribution.masked_cams import ablation_cam as ablation_cam
 from .attribution.masked_cams import score_cam as score_cam
 from .attribution.masks import occlusion as occlusion
@@ -89,6 +95,12 @@ __all__ = [
     "score_cam",
     "segmentation_target",
     "xgrad_cam",
+    "finer_cam",
+    "grad_cam_element_wise",
+    "kpca_cam",
+    "refine_cam",
+    "seg_eigen_cam",
+    "shapley_cam",
     "deconvnet",
     "deep_feature_factorization",
     "deeplift",

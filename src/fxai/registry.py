@@ -21,6 +21,7 @@ from types import MappingProxyType
 
 from .attribution import class_activation, full_grad, gradient, gradient_cams, guided, integrated, masked_cams, masks
 from .attribution import deeplift, lrp, smooth
+from .attribution import cam_variants
 
 KINDS = ("pixel", "cam", "transform")
 FAMILIES = ("gradient", "relevance", "cam", "mask", "transform")
@@ -108,6 +109,12 @@ _ALL = [
     MethodInfo("eigen_grad_cam", gradient_cams.eigen_grad_cam, kind="cam", family="cam"),
     MethodInfo("full_grad", full_grad.full_grad, kind="cam", family="cam"),
     MethodInfo("guided_grad_cam", gradient_cams.guided_grad_cam, family="cam"),
+    MethodInfo("grad_cam_element_wise", cam_variants.grad_cam_element_wise, kind="cam", family="cam"),
+    MethodInfo("shapley_cam", cam_variants.shapley_cam, kind="cam", family="cam"),
+    MethodInfo("kpca_cam", cam_variants.kpca_cam, kind="cam", family="cam"),
+    MethodInfo("seg_eigen_cam", cam_variants.seg_eigen_cam, kind="cam", family="cam"),
+    MethodInfo("refine_cam", cam_variants.refine_cam, kind="cam", family="cam"),
+    MethodInfo("finer_cam", cam_variants.finer_cam, kind="cam", family="cam"),
     MethodInfo("score_cam", masked_cams.score_cam, kind="cam", family="cam"),
     MethodInfo("ablation_cam", masked_cams.ablation_cam, kind="cam", family="cam"),
     MethodInfo("rise", masks.rise, kind="cam", family="mask", cost={"num_masks": 2000},

@@ -27,6 +27,7 @@ from .._core.docs import documented
 from .._core.layers import forward_with_activations, layer_gradients
 from .._core.targets import Target, as_target, check_logits
 from .._core.grids import to_grid
+from ..postprocess import normalize
 from ..postprocess import upsample as _upsample
 
 MODES = ("bilinear", "nearest", "bicubic")
@@ -53,26 +54,38 @@ def resize(maps: torch.Tensor, size, upsample) -> torch.Tensor:
     return _upsample(maps, size, mode="bilinear" if upsample is True else upsample)
 
 
-def first_component(weighted: torch.Tensor) -> torch.Tensor:
+SIGNS = ("sum", "extreme")
+
+
+def first_component(weighted: torch.Tensor, sign: str = "sum") -> torch.Tensor:
     r"""Projection of ``[..., C, h, w]`` on its first principal component over the ``h·w`` positions: ``[..., h, w]``.
 
     The ``[hw, C]`` matrix is centred per channel, :math:`M = U S V^\top`, and the map is
-    :math:`M v_1`. SVD leaves the sign free: it is chosen so that the map correlates
-    non-negatively with the channel sum :math:`\sum_c` ``weighted`` (the map eigen-smoothing replaces).
+    :math:`M v_1`. SVD leaves the sign free: with ``sign="sum"`` it is chosen so that the map correlates
+    non-negatively with the channel sum :math:`\sum_c` ``weighted`` (the map eigen-smoothing replaces);
+    with ``sign="extreme"`` so that :math:`|\max| \ge |\min|` (Seg-Eigen-CAM's Eq. 13).
 
     Example:
         >>> first_component(torch.ones(1, 4, 3, 3)).shape
         torch.Size([1, 3, 3])
     """
+    check_choice(sign, SIGNS, name="sign")
     dtype = weighted.dtype
     weighted = weighted.float() if dtype in (torch.float16, torch.bfloat16) else weighted  # no half-precision SVD
     flat = weighted.flatten(-2).transpose(-1, -2)
     flat = flat - flat.mean(-2, keepdim=True)
     _, _, vh = torch.linalg.svd(flat, full_matrices=False)
     proj = (flat @ vh[..., :1, :].transpose(-1, -2)).squeeze(-1)
-    ref = weighted.sum(-3).flatten(-2)
-    sign = torch.where((proj * ref).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(proj.dtype)
-    return (proj * sign).unflatten(-1, weighted.shape[-2:]).to(dtype)
+    return oriented(proj, weighted, sign).unflatten(-1, weighted.shape[-2:]).to(dtype)
+
+
+def oriented(proj: torch.Tensor, weighted: torch.Tensor, sign: str = "sum") -> torch.Tensor:
+    """``proj [..., h·w]`` times ±1 per map, by the rule ``sign`` of :func:`first_component`."""
+    if sign == "sum":
+        flip = (proj * weighted.sum(-3).flatten(-2)).sum(-1, keepdim=True) < 0
+    else:
+        flip = proj.amin(-1, keepdim=True).abs() > proj.amax(-1, keepdim=True).abs()
+    return proj * torch.where(flip, -1.0, 1.0).to(proj.dtype)
 
 
 def as_grid(t: torch.Tensor, lead: int, reshape, size) -> torch.Tensor:
@@ -105,13 +118,19 @@ def _layer_tensors(model_fn, params, x, tgt: Target, layers, *, grads: bool, res
     return out
 
 
+def _unit(m: torch.Tensor) -> torch.Tensor:
+    return normalize(m, "minmax", batch_dims=m.ndim - 2)
+
+
 def _fuse(maps: list[torch.Tensor], size, upsample, fusion: str, gamma: float = 2.0, **_) -> torch.Tensor:
-    if len(maps) == 1:
-        return resize(maps[0], size, upsample)
     if upsample is False and len({m.shape[-2:] for m in maps}) > 1:
         raise ValueError("upsample=False with layers of different resolutions "
                          f"({', '.join(str(tuple(m.shape[-2:])) for m in maps)}): the maps cannot be fused; "
                          "upsample them or pass one layer")
+    if fusion == "product":
+        return _unit(torch.stack([_unit(resize(m, size, upsample)) for m in maps]).prod(0))
+    if len(maps) == 1:
+        return resize(maps[0], size, upsample)
     if fusion == "sum":
         return sum(resize(m, size, upsample) for m in maps)
     scaled = []
@@ -121,29 +140,41 @@ def _fuse(maps: list[torch.Tensor], size, upsample, fusion: str, gamma: float = 
     return torch.stack([resize(m, size, upsample) for m in scaled]).amax(0)
 
 
-def run(model_fn, params, x, target, *, weigh: Callable, layer=None, grads: bool = True, pca: bool = False,
+def run(model_fn, params, x, target, *, weigh: Callable, layer=None, grads: bool = True, pca=False,
         relu: bool, upsample=True, eigen_smooth: bool = False, aug_smooth: bool = False, reshape=None,
-        chunk_size=None, fusion: str = "sum", **options):
-    """``weigh(A, G, **options) -> [N, K, C, h, w]`` per layer, channel reduction, ReLU, fusion, upsampling."""
+        chunk_size=None, fusion: str = "sum", source: Callable | None = None, **options):
+    """``weigh(A, G, **options) -> [N, K, C, h, w]`` per layer, channel reduction, ReLU, fusion, upsampling.
+
+    ``source(model_fn, params, rows, target, layers, reshape=, chunk_size=, **options)``, when given, replaces
+    the layer gradients: it returns per layer ``(A [N, 1, C, h, w], W [N, K, C, ...])`` for ``weigh``.
+    """
     chunk_size = check_options(x, upsample, reshape, chunk_size)
     layers = resolve_layers(model_fn, layer, params=params, x=x)
     tgt = as_target(target, x)
     size = tuple(x.shape[-2:])
+    project = pca if callable(pca) else first_component
 
     def maps_of(rows, tgt):
         maps = []
-        for big_a, g in _layer_tensors(model_fn, params, rows, tgt, layers, grads=grads, reshape=reshape,
-                                       chunk_size=chunk_size):
+        if source is None:
+            tensors = _layer_tensors(model_fn, params, rows, tgt, layers, grads=grads, reshape=reshape,
+                                     chunk_size=chunk_size)
+        else:
+            tensors = source(model_fn, params, rows, tgt, layers, reshape=reshape, chunk_size=chunk_size, **options)
+        for big_a, g in tensors:
             weighted = weigh(big_a, g, **options)
             if (pca or eigen_smooth) and weighted.shape[-2:].numel() == 1:
                 raise ValueError("layer: a principal component over a 1×1 map is 0 everywhere; pick a layer with a "
                                  "spatial map (eigen methods and eigen_smooth need h·w > 1)")
-            m = first_component(weighted) if pca or eigen_smooth else weighted.sum(-3)
+            if pca:
+                m = project(weighted, **options)
+            else:
+                m = first_component(weighted) if eigen_smooth else weighted.sum(-3)
             maps.append(m.clamp(min=0) if relu else m)
         return _fuse(maps, size, upsample, fusion, **options)
 
     if aug_smooth:
-        tgt = tgt.fixed(model_fn, params, x) if grads else tgt
+        tgt = tgt.fixed(model_fn, params, x) if grads or source is not None else tgt
         rows = torch.cat([v * f for v in (x, x.flip(-1)) for f in _AUG_FACTORS])
         maps = maps_of(rows, tgt).unflatten(0, (2, len(_AUG_FACTORS), x.shape[0]))
         maps = torch.cat([maps[0], maps[1].flip(-1)]).mean(0)
@@ -155,13 +186,16 @@ def run(model_fn, params, x, target, *, weigh: Callable, layer=None, grads: bool
 
 
 def layer_cam_method(name: str, weigh: Callable, *, relu: bool, doc: str, example: str, grads: bool = True,
-                     pca: bool = False, fusion: str = "sum", options: dict | None = None,
-                     described: dict | None = None):
+                     pca=False, fusion: str = "sum", options: dict | None = None,
+                     described: dict | None = None, source: Callable | None = None):
     """A CAM method declared by its weighting ``weigh(A, G, **options)`` of the activations.
 
     ``relu`` is the paper's final ReLU (the default of the method's ``relu=``); ``grads=False`` for
     class-agnostic maps (no backward); ``pca=True`` for methods whose map is the first principal
-    component (no ``eigen_smooth`` option); ``fusion`` of several layers: ``"sum"`` or ``"max"`` (LayerCAM);
+    component (no ``eigen_smooth`` option), or a projection ``pca(weighted, **options) -> [..., h, w]``;
+    ``source`` replaces the layer gradients by other per-channel tensors (see :func:`run`);
+    ``fusion`` of several layers: ``"sum"``, ``"max"`` (LayerCAM) or ``"product"`` (of maps min-max
+    normalised at the input size, min-max normalised again: Refine-CAM);
     ``options`` are the method's own keyword options with their defaults, ``described`` their docs.
     ``doc`` is the summary (formula, paper, conventions) and ``example`` one line of code; the docstring
     adds the arguments and the returned shape. The returned function has the full signature (for
@@ -182,7 +216,7 @@ def layer_cam_method(name: str, weigh: Callable, *, relu: bool, doc: str, exampl
         bound.apply_defaults()
         a = bound.arguments
         return run(a.pop("model_fn"), a.pop("params"), a.pop("x"), a.pop("target"), weigh=weigh, grads=grads,
-                   pca=pca, fusion=fusion, **a)
+                   pca=pca, fusion=fusion, source=source, **a)
 
     method.__name__ = method.__qualname__ = name
     method.__module__ = weigh.__module__
