@@ -51,6 +51,8 @@ from .attribution.cam_variants import seg_eigen_cam as seg_eigen_cam
 from .attribution.cam_variants import shapley_cam as shapley_cam
 from .attribution.masked_cams import ablation_cam as ablation_cam
 from .attribution.masked_cams import score_cam as score_cam
+from .attribution.masked_cams import is_cam as is_cam
+from .attribution.masked_cams import ss_cam as ss_cam
 from .attribution.masks import occlusion as occlusion
 from .attribution.masks import rise as rise
 from ._core.grids import to_grid as to_grid
@@ -101,6 +103,8 @@ __all__ = [
     "refine_cam",
     "seg_eigen_cam",
     "shapley_cam",
+    "is_cam",
+    "ss_cam",
     "deconvnet",
     "deep_feature_factorization",
     "deeplift",

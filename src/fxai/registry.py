@@ -117,6 +117,8 @@ _ALL = [
     MethodInfo("finer_cam", cam_variants.finer_cam, kind="cam", family="cam"),
     MethodInfo("score_cam", masked_cams.score_cam, kind="cam", family="cam"),
     MethodInfo("ablation_cam", masked_cams.ablation_cam, kind="cam", family="cam"),
+    MethodInfo("ss_cam", masked_cams.ss_cam, kind="cam", family="cam", cost={"samples": 35}, quick={"samples": 2}),
+    MethodInfo("is_cam", masked_cams.is_cam, kind="cam", family="cam", cost={"samples": 10}, quick={"samples": 2}),
     MethodInfo("rise", masks.rise, kind="cam", family="mask", cost={"num_masks": 2000},
                quick={"num_masks": 8, "cell_size": 4}),
     MethodInfo("occlusion", masks.occlusion, family="mask", sized=_occlusion_window,
