@@ -49,6 +49,7 @@ from .attribution.cam_variants import kpca_cam as kpca_cam
 from .attribution.cam_variants import refine_cam as refine_cam
 from .attribution.cam_variants import seg_eigen_cam as seg_eigen_cam
 from .attribution.cam_variants import shapley_cam as shapley_cam
+from .attribution.cam_variants import smooth_grad_cam_plus_plus as smooth_grad_cam_plus_plus
 from .attribution.masked_cams import ablation_cam as ablation_cam
 from .attribution.masked_cams import score_cam as score_cam
 from .attribution.masked_cams import is_cam as is_cam
@@ -103,6 +104,7 @@ __all__ = [
     "refine_cam",
     "seg_eigen_cam",
     "shapley_cam",
+    "smooth_grad_cam_plus_plus",
     "is_cam",
     "ss_cam",
     "deconvnet",

@@ -115,6 +115,8 @@ _ALL = [
     MethodInfo("seg_eigen_cam", cam_variants.seg_eigen_cam, kind="cam", family="cam"),
     MethodInfo("refine_cam", cam_variants.refine_cam, kind="cam", family="cam"),
     MethodInfo("finer_cam", cam_variants.finer_cam, kind="cam", family="cam"),
+    MethodInfo("smooth_grad_cam_plus_plus", cam_variants.smooth_grad_cam_plus_plus, kind="cam", family="cam",
+               cost={"samples": 4}, quick={"samples": 2}),
     MethodInfo("score_cam", masked_cams.score_cam, kind="cam", family="cam"),
     MethodInfo("ablation_cam", masked_cams.ablation_cam, kind="cam", family="cam"),
     MethodInfo("ss_cam", masked_cams.ss_cam, kind="cam", family="cam", cost={"samples": 35}, quick={"samples": 2}),

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch.func import grad, jvp
 
+from .._core import keys
 from .._core.batching import row_chunks
-from .._core.checks import check_choice
+from .._core.checks import check_choice, check_positive_int
 from .._core.docs import documented
-from .._core.layers import tapped
+from .._core.layers import forward_with_activations, layer_gradients, tapped
 from .._core.targets import as_target, check_logits
 from .cam_driver import as_grid, first_component, layer_cam_method, oriented
 from .gradient_cams import _mean_gradient, _plus_plus, grad_cam
@@ -248,3 +249,56 @@ def finer_target(classes: torch.Tensor, *, alpha: float = 1.0, comparison=(1, 2,
         return (p * (y_c - alpha * y_j)).sum(-1) / (p.sum(-1) + 1e-9)
 
     return score
+
+
+def _smooth_plus_plus_tensors(model_fn, params, x, tgt, layers, *, reshape, chunk_size, samples, std, eps, key,
+                              **_):
+    """Per layer ``(A, w)``: Grad-CAM++ weights from gradient powers averaged over noisy copies of ``x``."""
+    check_positive_int(samples, name="samples")
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or std < 0:
+        raise ValueError(f"std must be a non-negative number, got {std!r}")
+    size = tuple(x.shape[-2:])
+    tgt = tgt.fixed(model_fn, params, x)
+    noisy = (x.unsqueeze(0) + keys.normal(key, (samples, *x.shape), x) * std).flatten(0, 1)
+    stacked = as_target(tgt.stacked(samples) if tgt.fn is None else tgt.fn, noisy)
+    _, grads, _ = layer_gradients(model_fn, params, noisy, stacked, layers, chunk_size=chunk_size)
+    _, acts = forward_with_activations(model_fn, params, x, layers)
+    out = []
+    for act, g in zip(acts, grads):
+        a = as_grid(act, 1, reshape, size)[:, None]
+        g = g if tgt.multi else g[:, None]
+        g = as_grid(g, 2, reshape, size).unflatten(0, (samples, x.shape[0]))
+        g1, g2, g3 = g.mean(0), (g * g).mean(0), (g * g * g).mean(0)
+        alpha = torch.where(g2 != 0, g2 / (2 * g2 + a.sum((-2, -1), keepdim=True) * g3 + eps), torch.zeros_like(g2))
+        out.append((a, (alpha * g1.clamp(min=0)).sum((-2, -1), keepdim=True)))
+    return out
+
+
+def _weighted(a, w, **_):
+    return w * a
+
+
+smooth_grad_cam_plus_plus = layer_cam_method(
+    "smooth_grad_cam_plus_plus", _weighted, relu=True, source=_smooth_plus_plus_tensors,
+    options={"samples": 4, "std": 0.3, "eps": 1e-6, "key": None},
+    described={"samples": "noisy copies of the input (default 4, as TorchCAM).",
+               "std": "standard deviation of the Gaussian noise added to the input (default 0.3, as TorchCAM).",
+               "eps": "added to the denominator of :math:`\\alpha` (default 1e-6, as Grad-CAM++).",
+               "key": "int seed or ``torch.Generator`` (required): the noise."},
+    example='m = fxai.smooth_grad_cam_plus_plus(model_fn, params, x, 3, layer="layer4", key=0)',
+    doc=r"""
+Smooth Grad-CAM++: Grad-CAM++ with the gradient's powers averaged over noisy copies of the input.
+
+.. math:: w_c = \sum_{ij} \alpha_{cij}\, \mathrm{ReLU}(\bar G_{cij}),\quad
+          \alpha_{cij} = \frac{\overline{G^2}_{cij}}{2\,\overline{G^2}_{cij} + \sum_{ab} A_{cab}\,
+          \overline{G^3}_{cij} + \epsilon}
+
+with :math:`\overline{G^p} = \frac1N \sum_n G(x + \delta_n)^p`, :math:`\delta_n \sim \mathcal N(0, \sigma^2)`
+and :math:`A` the clean input's activation. Omeiza et al., "Smooth Grad-CAM++: An Enhanced Inference
+Level Visualization Technique for Deep Convolutional Neural Network Models", 2019. Not SmoothGrad over
+Grad-CAM++ (a mean of maps): the averages enter :math:`\alpha` before the weights are formed. The N·B
+noisy copies run as one stacked batch. ``std=0`` gives Grad-CAM++. TorchCAM's ``SmoothGradCAMpp``
+differs: its denominator sums :math:`\overline{G^3} \odot A` over positions (instead of
+:math:`\sum_{ab} A_{cab}` times :math:`\overline{G^3}_{cij}`), and the weights and the map use the
+gradient and activation of the last noisy copy (instead of the mean gradient and the clean activation).
+""")
