@@ -8,7 +8,7 @@ Every method is a pure function ``(model_fn, params, x, target=None, *, layer=No
 from __future__ import annotations
 
 import torch
-from torch.func import grad, jvp
+from torch.func import grad, vjp
 
 from .._core import keys
 from .._core.batching import row_chunks
@@ -80,8 +80,8 @@ def _seg_component(weighted, **_):
 
 
 def _shapley_tensors(model_fn, params, x, tgt, layers, *, reshape, chunk_size, **_):
-    r"""Per layer ``(A, G - ½ H A)``: the gradient and the Hessian-vector product along the activation itself,
-    by forward-over-reverse differentiation (one ``jvp`` of the gradient)."""
+    r"""Per layer ``(A, G - ½ H A)``: the gradient and the Hessian-vector product along the activation itself
+    (one ``vjp`` of the gradient)."""
     fn = tapped(model_fn, layers)
     size = tuple(x.shape[-2:])
     k_count = tgt.index.shape[1] if tgt.multi else 1
@@ -99,7 +99,8 @@ def _shapley_tensors(model_fn, params, x, tgt, layers, *, reshape, chunk_size, *
                 s = tgt.scores(fn(params, rows.clone(), deltas)[0], a)
                 return (s[:, k] if tgt.multi else s).sum()
 
-            g, hv = jvp(grad(total, argnums=tuple(range(len(acts)))), zeros, acts)
+            g, pull = vjp(grad(total, argnums=tuple(range(len(acts)))), *zeros)
+            hv = pull(acts)
             per_k.append([gi - 0.5 * hi for gi, hi in zip(g, hv)])
         acts_all.append(acts)
         weights_all.append([torch.stack([p[i] for p in per_k], 1) for i in range(len(acts))])
@@ -132,7 +133,8 @@ Shapley-CAM: Grad-CAM with the gradient corrected by half the Hessian along the 
 
 Cai et al., "CAMs as Shapley Value-based Explainers", 2025 (arXiv:2501.06261): the second-order
 Taylor estimate of each channel's Shapley value. :math:`HA` is one Hessian-vector product, computed
-by forward-over-reverse differentiation (``torch.func.jvp`` of the gradient), for each of K targets.
+by reverse-over-reverse differentiation (``torch.func.vjp`` of the gradient; :math:`H` is symmetric), for
+each of K targets.
 For a network piecewise linear after the layer (ReLU, max-pooling, a linear head), :math:`HA = 0`
 and Shapley-CAM is Grad-CAM; the correction acts through smooth activations (GELU, SiLU) or a
 callable target such as a softmax probability. As pytorch-grad-cam's ``ShapleyCAM``.
@@ -218,10 +220,13 @@ def finer_cam(model_fn, params, x: torch.Tensor, target=None, *, layer=None, alp
     if not ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in ranks):
         raise ValueError(f"comparison must be non-negative ranks (ints), got {comparison!r}")
     tgt = as_target(target, x)
-    if callable(target) and not isinstance(target, torch.Tensor):
+    if tgt.fn is not None:
         raise TypeError("target: finer_cam builds its own callable target; pass class indices or None")
-    tgt = tgt.fixed(model_fn, params, x)
-    classes = tgt.index
+    with torch.no_grad():
+        logits = model_fn(params, x.clone())  # a copy: a model may write into its input
+    check_logits(logits, x)
+    classes = logits.argmax(-1, keepdim=True) if tgt.top1 else tgt.index
+    tgt.scores(logits)  # the range of the class indices
     maps = [base(model_fn, params, x, finer_target(classes[:, k], alpha=alpha, comparison=ranks), layer=layer,
                  **options) for k in range(classes.shape[1])]
     return torch.stack(maps, 1) if tgt.multi else maps[0]
