@@ -58,6 +58,8 @@ from .attribution.masks import occlusion as occlusion
 from .attribution.masks import rise as rise
 from ._core.grids import to_grid as to_grid
 from .targets import segmentation_target as segmentation_target
+from .targets import box_target as box_target
+from .targets import detections as detections
 from .attribution.factorization import Factorization as Factorization
 from .attribution.factorization import deep_feature_factorization as deep_feature_factorization
 from .compiled import compiled as compiled
@@ -97,6 +99,8 @@ __all__ = [
     "rise",
     "score_cam",
     "segmentation_target",
+    "box_target",
+    "detections",
     "xgrad_cam",
     "finer_cam",
     "grad_cam_element_wise",

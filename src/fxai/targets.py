@@ -89,3 +89,106 @@ def segmentation_target(category: int, mask) -> SegmentationTarget:
     if mask.is_floating_point() and not torch.isfinite(mask).all():
         raise ValueError("segmentation_target: mask holds NaN or infinite weights")
     return SegmentationTarget(int(category), mask.detach().clone())
+
+
+def detections(output, max_detections: int | None = None) -> torch.Tensor:
+    r"""A detector's per-image detections as one tensor ``[B, M, 6]``: box ``x1, y1, x2, y2``, score, label.
+
+    Reads torchvision's detection output (a list of dicts with ``boxes [n, 4]``, ``scores [n]`` and
+    ``labels [n]``, one per image: Faster R-CNN, RetinaNet, FCOS, SSD) and pads every image to the
+    most detections ``M`` of the batch (or ``max_detections``) with empty rows (zero box and score,
+    label ``-1``), at least one row. Pass it as ``fxai.functional(detector, output=fxai.detections)``
+    and explain a :func:`box_target`. Differentiable: scores and boxes keep their graph.
+
+    Example:
+        >>> out = [{"boxes": torch.tensor([[0.0, 0, 4, 4]]), "scores": torch.tensor([0.9]),
+        ...         "labels": torch.tensor([3])}, {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+        ...         "labels": torch.zeros(0, dtype=torch.long)}]
+        >>> fxai.detections(out).shape
+        torch.Size([2, 1, 6])
+    """
+    if not isinstance(output, (list, tuple)) or not all(isinstance(d, dict) and {"boxes", "scores", "labels"} <= d.keys()
+                                                        for d in output):
+        raise TypeError("detections: expected a detector's output, a list of dicts with 'boxes', 'scores' and "
+                        f"'labels' (one per image), got {type(output).__name__}")
+    m = max([1, *(len(d["scores"]) for d in output)]) if max_detections is None else max_detections
+    rows = []
+    for d in output:
+        boxes, scores, labels = d["boxes"][:m], d["scores"][:m], d["labels"][:m]
+        row = torch.cat([boxes, scores[:, None], labels[:, None].to(boxes.dtype)], 1)
+        pad = row.new_zeros(m - row.shape[0], 6)
+        pad[:, 5] = -1
+        rows.append(torch.cat([row, pad]))
+    return torch.stack(rows)
+
+
+class BoxTarget:
+    r"""Callable target ``detections [N, M, 6] -> scores [N]``, made by :func:`box_target`."""
+
+    __slots__ = ("boxes", "labels", "iou_threshold", "rows_per_group")
+
+    def __init__(self, boxes: torch.Tensor, labels: torch.Tensor, iou_threshold: float):
+        self.boxes, self.labels, self.iou_threshold = boxes, labels, iou_threshold
+        self.rows_per_group = 1
+
+    def __call__(self, det: torch.Tensor) -> torch.Tensor:
+        if not isinstance(det, torch.Tensor) or det.ndim != 3 or det.shape[-1] != 6:
+            got = tuple(det.shape) if isinstance(det, torch.Tensor) else type(det).__name__
+            raise ValueError(f"box_target: needs detections [N, M, 6] (box, score, label), got {got}; make the model "
+                             "with fxai.functional(detector, output=fxai.detections)")
+        given = self.boxes.to(det)
+        iou = box_iou(given[None].expand(det.shape[0], -1, -1), det[..., :4])  # [N, K, M]
+        best, index = iou.max(-1)
+        labels = det[..., 5].gather(1, index)
+        scores = det[..., 4].gather(1, index)
+        hit = (best > self.iou_threshold) & (labels == self.labels.to(det))
+        return torch.where(hit, best + scores, torch.zeros_like(best)).sum(-1)
+
+    def __repr__(self) -> str:
+        return f"box_target({len(self.boxes)} boxes, iou_threshold={self.iou_threshold})"
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of boxes ``a [..., K, 4]`` and ``b [..., M, 4]`` (``x1, y1, x2, y2``): ``[..., K, M]``."""
+    a, b = a[..., :, None, :], b[..., None, :, :]
+    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / (area - inter).clamp_min(1e-12)
+
+
+def box_target(boxes, labels, *, iou_threshold: float = 0.5) -> BoxTarget:
+    r"""A target for detectors: for each given box, the IoU plus the score of the detection that overlaps it
+    most, when that IoU exceeds ``iou_threshold`` and the labels agree (0 otherwise), summed over the boxes.
+
+    .. math:: s = \sum_k \big[\mathrm{IoU}_k > t \wedge l_{m_k} = l_k\big]\,(\mathrm{IoU}_k + p_{m_k}),\quad
+              m_k = \arg\max_m \mathrm{IoU}(b_k, \hat b_m)
+
+    pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``; its gradient flows through the detection's score
+    and, through the IoU, its box. Typically the detections themselves: explain box ``k`` with
+    ``box_target(boxes[k:k+1], labels[k:k+1])``, all of them with ``box_target(boxes, labels)``.
+
+    Args:
+        boxes: ``[K, 4]`` boxes ``x1, y1, x2, y2`` in the input's pixels, shared by every input.
+        labels: ``[K]`` their class labels.
+        iou_threshold: the overlap a detection needs to count (default 0.5).
+
+    Returns:
+        A callable ``detections [N, M, 6] -> scores [N]`` for a model made with
+        ``fxai.functional(detector, output=fxai.detections)``.
+
+    Example:
+        >>> t = fxai.box_target(torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([3]))
+        >>> t(torch.tensor([[[0.0, 0, 4, 4, 0.9, 3]]]))
+        tensor([1.9000])
+    """
+    boxes = torch.as_tensor(boxes)
+    labels = torch.as_tensor(labels)
+    if boxes.ndim != 2 or boxes.shape[-1] != 4 or not boxes.is_floating_point():
+        raise ValueError(f"box_target: boxes must be a float tensor [K, 4] (x1, y1, x2, y2), got shape "
+                         f"{tuple(boxes.shape)} {boxes.dtype}")
+    if labels.shape != boxes.shape[:1]:
+        raise ValueError(f"box_target: labels must be [K] = [{boxes.shape[0]}], one per box, got {tuple(labels.shape)}")
+    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)) or not 0 <= iou_threshold < 1:
+        raise ValueError(f"box_target: iou_threshold must be a number in [0, 1), got {iou_threshold!r}")
+    return BoxTarget(boxes.detach().clone(), labels.detach().clone(), float(iou_threshold))

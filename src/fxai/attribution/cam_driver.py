@@ -105,7 +105,8 @@ def _layer_tensors(model_fn, params, x, tgt: Target, layers, *, grads: bool, res
         for a, b in row_chunks(x.shape[0], chunk_size, tgt.group):
             logits, acts = forward_with_activations(model_fn, params, x[a:b], layers)
             check_logits(logits, x[a:b])
-            tgt.scores(logits, a)  # validates the target, which class-agnostic maps only repeat
+            if not tgt.top1:
+                tgt.scores(logits, a)  # validates the target, which class-agnostic maps only repeat
             parts.append(acts)
         acts = [p[0] if len(parts) == 1 else torch.cat(p) for p in zip(*parts)]
         gs = [None] * len(layers)
