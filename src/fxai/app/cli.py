@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                          "package.module:factory (importable from the current folder), path/to/file.py:factory "
                          "returning an nn.Module, timm:NAME (a timm model, e.g. timm:vit_small_patch16_224) or a "
                          "HuggingFace image classifier's from_pretrained folder (hf:FOLDER, or a folder holding "
-                         "config.json); timm and HuggingFace models bring their own preprocessing "
+                         "config.json), or a torchvision detector (e.g. fasterrcnn_resnet50_fpn, with --weights; "
+                         "one figure per image with each detected box's map); timm and HuggingFace models bring "
+                         "their own preprocessing "
                          "(default: %(default)s)")
     weights = ex.add_mutually_exclusive_group()
     weights.add_argument("--weights", metavar="FILE", help="a state dict saved with torch.save (or a checkpoint "
@@ -251,6 +253,9 @@ def _explain(args) -> int:
         raise UsageError(f"--chunk-size must be a positive number of inputs, got {args.chunk_size}")
     settings = parse_options(args.option)
     methods = parse_methods(args.method, settings)
+    from .detect import explain_detector, is_detector
+    if is_detector(args.model):  # each detected box explained: fxai.app.detect
+        return explain_detector(args, methods, settings, args.method == DEFAULT_METHODS)
     check_options(settings, methods)
     mode, value = _parse_target(args.target)
     device = resolve_device(args.device)
