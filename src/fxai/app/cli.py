@@ -48,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                          "package.module:factory (importable from the current folder), path/to/file.py:factory "
                          "returning an nn.Module, timm:NAME (a timm model, e.g. timm:vit_small_patch16_224) or a "
                          "HuggingFace image classifier's from_pretrained folder (hf:FOLDER, or a folder holding "
-                         "config.json), or a torchvision detector (e.g. fasterrcnn_resnet50_fpn, with --weights; "
-                         "one figure per image with each detected box's map); timm and HuggingFace models bring "
+                         "config.json), a torchvision detector (e.g. fasterrcnn_resnet50_fpn, with --weights; "
+                         "one figure per image with each detected box's map) or segmentation model (fcn_*, "
+                         "deeplabv3_*, lraspp_*: --target is a category, explained over its predicted mask); timm and HuggingFace models bring "
                          "their own preprocessing "
                          "(default: %(default)s)")
     weights = ex.add_mutually_exclusive_group()
@@ -258,6 +259,9 @@ def _explain(args) -> int:
         return explain_detector(args, methods, settings, args.method == DEFAULT_METHODS)
     check_options(settings, methods)
     mode, value = _parse_target(args.target)
+    from .segment import explain_segmenter, is_segmenter
+    if is_segmenter(args.model):  # a category's predicted mask explained: fxai.app.segment
+        return explain_segmenter(args, methods, settings, mode, value)
     device = resolve_device(args.device)
     for path in args.images:
         if os.path.isdir(path):
