@@ -41,8 +41,41 @@ from .localisation import relevance_mass as relevance_mass
 from .localisation import relevance_rank as relevance_rank
 from .complexity import sparseness as sparseness
 from .complexity import complexity as complexity
+from .features import feature_map as feature_map
+from .features import feature_order as feature_order
+from .features import fill_values as fill_values
+from .features import pearson as pearson
+from .faithfulness import faithfulness_correlation as faithfulness_correlation
+from .faithfulness import faithfulness_estimate as faithfulness_estimate
+from .faithfulness import monotonicity as monotonicity
+from .faithfulness import monotonicity_curve as monotonicity_curve
+from .faithfulness import monotonicity_correlation as monotonicity_correlation
+from .faithfulness import random_subsets as random_subsets
+from .faithfulness import sensitivity_n as sensitivity_n
+from .randomisation import random_logit as random_logit
+from .axiomatic import completeness as completeness
+from .axiomatic import non_sensitivity as non_sensitivity
+from .axiomatic import input_invariance as input_invariance
+from .axiomatic import shifted_first_layer as shifted_first_layer
 
 __all__ = [
+    # faithfulness by correlation, randomisation, axioms
+    "completeness",
+    "faithfulness_correlation",
+    "faithfulness_estimate",
+    "feature_map",
+    "feature_order",
+    "fill_values",
+    "input_invariance",
+    "monotonicity",
+    "monotonicity_correlation",
+    "monotonicity_curve",
+    "non_sensitivity",
+    "pearson",
+    "random_logit",
+    "random_subsets",
+    "sensitivity_n",
+    "shifted_first_layer",
     "Imputer",
     "aopc",
     "auc",

@@ -19,10 +19,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .axiomatic import completeness, input_invariance, non_sensitivity
 from .complexity import complexity, sparseness
+from .faithfulness import (faithfulness_correlation, faithfulness_estimate, monotonicity, monotonicity_correlation,
+                           sensitivity_n)
 from .localisation import pointing_game, relevance_mass, relevance_rank
 from .perturbation import deletion, insertion, lerf, morf, selectivity
-from .randomisation import randomisation
+from .randomisation import random_logit, randomisation
 from .road import road
 from .robustness import infidelity, max_sensitivity
 
@@ -66,6 +69,19 @@ _ALL = [
     MetricInfo("max_sensitivity", max_sensitivity, "model", "score", False, needs=("method",),
                quick={"samples": 3}),
     MetricInfo("randomisation", randomisation, "model", "stages", False, needs=("method",)),
+    # Faithfulness by correlation, randomisation and axioms (fxai.metrics.faithfulness, .randomisation, .axiomatic)
+    MetricInfo("faithfulness_correlation", faithfulness_correlation, "model", "score", True,
+               quick={"runs": 8, "subset_size": 32}),
+    MetricInfo("faithfulness_estimate", faithfulness_estimate, "model", "score", True,
+               quick={"features_in_step": 64}),
+    MetricInfo("monotonicity", monotonicity, "model", "score", True, quick={"features_in_step": 64}),
+    MetricInfo("monotonicity_correlation", monotonicity_correlation, "model", "score", True,
+               quick={"samples": 3, "features_in_step": 128}),
+    MetricInfo("sensitivity_n", sensitivity_n, "model", "curve", True, quick={"ns": (16, 64), "samples": 8}),
+    MetricInfo("random_logit", random_logit, "model", "score", False, needs=("method",)),
+    MetricInfo("completeness", completeness, "model", "score", False),
+    MetricInfo("non_sensitivity", non_sensitivity, "model", "score", False, quick={"features_in_step": 64}),
+    MetricInfo("input_invariance", input_invariance, "model", "score", True, needs=("method",)),
     MetricInfo("pointing_game", pointing_game, "localisation", higher_is_better=True),
     MetricInfo("relevance_mass", relevance_mass, "localisation", higher_is_better=True),
     MetricInfo("relevance_rank", relevance_rank, "localisation", higher_is_better=True),
