@@ -1,0 +1,220 @@
+"""Agreement with Quantus 0.6 (test-only oracle) for the correlation-style faithfulness metrics, the axiomatic
+metrics and the random logit test.
+
+Two fixtures: a LeNet on 1×28×28 inputs (the model and input size of Quantus's own tests) and a small CNN on
+3×10×12 inputs. Quantus predicts in float32 (``torch.Tensor(x)``), so models and inputs are float32 and the
+tolerance 1e-5 covers float32 rounding of differently batched forward passes. Quantus draws from NumPy's
+global generator; each test seeds it, and replays the same draws, in Quantus's order, into fxai's explicit
+``subsets`` / ``noise`` / ``off_class`` arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fxai
+from fxai import metrics as M
+
+quantus = pytest.importorskip("quantus")
+pytestmark = pytest.mark.slow
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+class LeNet(nn.Module):
+    """The LeNet of Quantus's test fixtures (``load_mnist_model``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_1, self.pool_1 = nn.Conv2d(1, 6, 5), nn.MaxPool2d(2, 2)
+        self.conv_2, self.pool_2 = nn.Conv2d(6, 16, 5), nn.MaxPool2d(2, 2)
+        self.fc_1, self.fc_2, self.fc_3 = nn.Linear(256, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool_1(torch.relu(self.conv_1(x)))
+        x = self.pool_2(torch.relu(self.conv_2(x)))
+        x = torch.relu(self.fc_1(x.flatten(1)))
+        return self.fc_3(torch.relu(self.fc_2(x)))
+
+
+def small_cnn():
+    return nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 7))
+
+
+@pytest.fixture(params=["lenet_1x28x28", "cnn_3x10x12"])
+def case(request):
+    torch.manual_seed(0)
+    if request.param.startswith("lenet"):
+        net, shape = LeNet().eval(), (4, 1, 28, 28)
+    else:
+        net, shape = small_cnn().eval(), (3, 3, 10, 12)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(shape, generator=g)
+    amap = torch.randn(shape, generator=g)  # one relevance per feature: no ties, whatever the sort
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    model_fn, params = fxai.functional(net)
+    warnings.filterwarnings("ignore")
+    return net, model_fn, params, x, y, amap
+
+
+def run(metric, net, x, y, a, **kwargs):
+    out = metric(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu", softmax=False,
+                 **kwargs)
+    return torch.tensor(np.asarray(out, dtype=np.float64), dtype=torch.float32)
+
+
+def gradients(model, inputs, targets, **kwargs):
+    """A Quantus ``explain_func``: the gradient of the target logit, by plain autograd."""
+    x = torch.tensor(inputs, requires_grad=True)
+    model(x).gather(1, torch.as_tensor(targets).long()[:, None]).sum().backward()
+    return x.grad.numpy()
+
+
+def test_faithfulness_estimate(case):
+    net, model_fn, params, x, y, a = case
+    for step in (1, 4):
+        q = run(quantus.FaithfulnessEstimate(features_in_step=step, normalise=False, disable_warnings=True),
+                net, x, y, a)
+        torch.testing.assert_close(M.faithfulness_estimate(model_fn, params, x, y, a, features_in_step=step), q,
+                                   **TOL)
+
+
+def test_faithfulness_correlation_with_quantus_draws(case):
+    net, model_fn, params, x, y, a = case
+    runs, size, (b, n) = 12, 30, (x.shape[0], x[0].numel())
+    np.random.seed(7)
+    q = run(quantus.FaithfulnessCorrelation(nr_runs=runs, subset_size=size, normalise=False, return_aggregate=False,
+                                            disable_warnings=True), net, x, y, a)
+    np.random.seed(7)  # per run: one subset per image, then the (unused) uniform draw of Quantus's baseline table
+    subsets = []
+    for _ in range(runs):
+        subsets.append(np.stack([np.random.choice(n, size, replace=False) for _ in range(b)]))
+        np.random.uniform(size=b)
+    subsets = torch.tensor(np.stack(subsets, 1))
+    ours = M.faithfulness_correlation(model_fn, params, x, y, a, runs=runs, subset_size=size, subsets=subsets)
+    torch.testing.assert_close(ours, q, **TOL)
+
+
+def test_monotonicity_correlation_with_quantus_draws(case):
+    net, model_fn, params, x, y, a = case
+    samples, step, b = 5, 28 if x.shape[1] == 1 else 12, x.shape[0]
+    groups = x[0].numel() // step
+    np.random.seed(3)
+    q = run(quantus.MonotonicityCorrelation(nr_samples=samples, features_in_step=step, normalise=False,
+                                            disable_warnings=True), net, x, y, a)
+    np.random.seed(3)  # one uniform value per image for each (group, sample), in that order
+    noise = torch.tensor(np.stack([np.stack([np.random.uniform(0, 1, size=b) for _ in range(samples)])
+                                   for _ in range(groups)]), dtype=torch.float32)
+    ours = M.monotonicity_correlation(model_fn, params, x, y, a, samples=samples, features_in_step=step, noise=noise)
+    torch.testing.assert_close(ours, q, **TOL)
+
+
+def test_monotonicity(case):
+    """Quantus 0.6's Monotonicity never restores the input: it starts from the baseline image and "perturbs"
+    it with the baseline of the baseline image (its minimum, the same value), so every curve is flat and every
+    map scores True. With a perturbation that restores ``x`` at the given indices (Arya et al.'s definition),
+    Quantus's loop gives fxai's result."""
+    net, model_fn, params, x, y, a = case
+    step = 28 if x.shape[1] == 1 else 12
+    q_plain = run(quantus.Monotonicity(features_in_step=step, normalise=False, disable_warnings=True), net, x, y, a)
+    assert q_plain.tolist() == [1.0] * x.shape[0]
+    flat = x.flatten(1).numpy()
+
+    def restore(arr, indices, perturb_baseline, **kwargs):
+        out = arr.copy()
+        rows = np.arange(arr.shape[0])[:, None]
+        out[rows, indices] = flat[rows, indices]
+        return out
+
+    q = run(quantus.Monotonicity(features_in_step=step, normalise=False, disable_warnings=True,
+                                 perturb_func=functools.partial(restore, perturb_baseline="black")), net, x, y, a)
+    # the restoring perturbation replaces Quantus's default; make_perturb_func keeps the baseline keyword
+    ours = M.monotonicity(model_fn, params, x, y, a, features_in_step=step)
+    assert torch.equal(ours, q)
+    curve = M.monotonicity_curve(model_fn, params, x, y, a, features_in_step=step)
+    assert not torch.equal(curve[:, :1].expand_as(curve), curve)  # the curve is not flat
+
+
+def test_non_sensitivity(case):
+    net, model_fn, params, x, y, a = case
+    a = a.clone()
+    a.view(-1)[::3] = 0.0  # some features without relevance
+    q = run(quantus.NonSensitivity(features_in_step=1, normalise=False, disable_warnings=True, eps=1e-5), net, x, y, a)
+    ours = M.non_sensitivity(model_fn, params, x, y, a, normalise=False)
+    torch.testing.assert_close(ours, q, rtol=0, atol=0)
+
+
+def test_completeness_difference_and_quantus_exact_equality(case):
+    """Quantus returns ``sum(a) == f(x) - f(baseline)`` in floating point, False unless equal to the last bit;
+    fxai returns the gap. Quantus's score difference (captured through ``output_func``) equals fxai's."""
+    net, model_fn, params, x, y, a = case
+    seen = []
+    q = run(quantus.Completeness(normalise=False, disable_warnings=True,
+                                 output_func=lambda d: seen.append(d) or d), net, x, y, a)
+    assert q.tolist() == [0.0] * x.shape[0]
+    diff = torch.tensor(seen[0])
+    ours = M.completeness(model_fn, params, x, y, a)
+    torch.testing.assert_close(ours, (a.flatten(1).sum(1) - diff).abs(), **TOL)
+
+
+def test_random_logit_with_quantus_draws(case):
+    """Quantus compares the flattened maps by a one-dimensional SSIM (windows of 7 features along the flat
+    array); fxai's default SSIM is two-dimensional, as for images. With the same similarity both agree."""
+    net, model_fn, params, x, y, a = case
+    classes = 10 if x.shape[1] == 1 else 7
+    g = fxai.gradient(model_fn, params, x, y)
+    def similarity(a, b, batched=True, **kwargs):
+        return M.spearman(torch.tensor(a), torch.tensor(b)).tolist()
+
+    q = run(quantus.RandomLogit(num_classes=classes, seed=42, normalise=False, similarity_func=similarity,
+                                disable_warnings=True), net, x, y, g, explain_func=gradients)
+    np.random.seed(42)
+    r = torch.tensor(np.random.randint(0, classes - 1, x.shape[0]))
+    off = r + (r >= y).long()
+    ours = M.random_logit(model_fn, params, x, y, g, method=fxai.gradient, off_class=off, similarity="spearman",
+                          normalise=False)
+    torch.testing.assert_close(ours, q, **TOL)
+
+
+def test_input_invariance():
+    """Quantus 0.6 shifts every element of the input but the first: its ``perturb_batch`` passes
+    ``indices[i][1:]`` to the shift. With a shift of every element (passed as Quantus's ``perturb_func``) it
+    agrees with fxai. Quantus also shifts the first layer's bias by the smallest response of the layer to a
+    constant input (the border response under zero padding), fxai by the interior response: the same
+    without padding, as here."""
+    torch.manual_seed(0)
+    net = LeNet().eval()
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    model_fn, params = fxai.functional(net)
+    y = torch.tensor([1, 4, 7])
+    seen = []
+
+    def recording(**kw):
+        seen.append(kw["inputs"].copy())
+        return gradients(**kw)
+
+    g = fxai.gradient(model_fn, params, x, y)
+    run(quantus.InputInvariance(disable_warnings=True), net, x, y, g, explain_func=recording)
+    unshifted = np.isclose(seen[0], x.numpy()).reshape(3, -1)
+    assert unshifted[:, 0].all() and not unshifted[:, 1:].any()
+
+    def shift_all(arr, indices, indexed_axes=None, input_shift=-1, **kwargs):
+        return arr + input_shift
+
+    for method, explain in [(fxai.gradient, gradients),
+                            (fxai.input_x_gradient, lambda **kw: gradients(**kw) * kw["inputs"])]:
+        a = method(model_fn, params, x, y)
+        q = run(quantus.InputInvariance(disable_warnings=True, perturb_func=shift_all), net, x, y, a,
+                explain_func=explain)
+        ours = M.input_invariance(model_fn, params, x, y, a, method=method)
+        assert torch.equal(ours, q), (method.__name__, ours, q)
+    assert M.input_invariance(model_fn, params, x, y, g, method=fxai.gradient).tolist() == [1.0] * 3
+    a = fxai.input_x_gradient(model_fn, params, x, y)
+    assert M.input_invariance(model_fn, params, x, y, a, method=fxai.input_x_gradient).tolist() == [0.0] * 3
