@@ -157,3 +157,35 @@ def test_same_scores_whatever_the_chunk_size():
                          (M.non_sensitivity, dict(features_in_step=4))]:
         full = metric(fn, p, x, None, amap, **opts)
         torch.testing.assert_close(metric(fn, p, x, None, amap, chunk_size=4, **opts), full, rtol=1e-12, atol=1e-12)
+
+
+def test_region_perturbation_of_an_additive_model():
+    """Removing whole patches of f = w·x (zero baseline) drops f by the removed patches' w·x: with gradient ×
+    input the patches go in decreasing order of their own contribution."""
+    x = torch.rand(2, 2, 6, 7, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    model_fn, params = linear_model(x.shape[1:])
+    gi = params["w"] * x
+    curve = M.region_perturbation(model_fn, params, x, 0, gi, patch=3, regions=50, baseline=0.0)
+    labels = M.patch_labels(6, 7, 3)
+    assert labels.unique().numel() == 6 and curve.shape == (2, 6)
+    contrib = torch.stack([gi.sum(1).flatten(1)[:, labels.flatten() == k].sum(1) for k in range(6)], 1)
+    expect = contrib.sort(1, descending=True).values.cumsum(1)
+    torch.testing.assert_close(curve, expect)
+    lerf = M.region_perturbation(model_fn, params, x, 0, gi, patch=3, order="lerf", baseline=0.0)
+    torch.testing.assert_close(lerf, contrib.sort(1).values.cumsum(1))
+
+
+def test_irof_of_a_pixel_model():
+    """f reads one pixel; IROF's curve p_k = f(x^(k)) / f(x) is 1 until the pixel's superpixel goes, then
+    baseline / x at that pixel."""
+    x = torch.rand(1, 1, 6, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64) + 1
+
+    def model_fn(params, x):
+        v = x[:, 0, 4, 1] * params["w"]
+        return torch.stack([v, -v], 1)
+    params = {"w": torch.tensor(2.0, dtype=torch.float64)}
+    segments = (torch.arange(36).view(1, 6, 6) // 9)  # four bands of 9 pixels; the pixel is in band 2
+    amap = segments.double() * -1.0  # band 0 most relevant: the pixel's band is removed third
+    out = M.irof(model_fn, params, x, 0, amap, segments=segments, baseline=0.5)
+    p = torch.tensor([1.0, 1.0, 0.5 / x[0, 0, 4, 1].item(), 0.5 / x[0, 0, 4, 1].item()], dtype=torch.float64)
+    torch.testing.assert_close(out, 4 - torch.trapezoid(p)[None])

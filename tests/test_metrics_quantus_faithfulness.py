@@ -218,3 +218,49 @@ def test_input_invariance():
     assert M.input_invariance(model_fn, params, x, y, g, method=fxai.gradient).tolist() == [1.0] * 3
     a = fxai.input_x_gradient(model_fn, params, x, y)
     assert M.input_invariance(model_fn, params, x, y, a, method=fxai.input_x_gradient).tolist() == [0.0] * 3
+
+
+def test_region_perturbation(case):
+    """Patch sizes that divide the image and one that does not (Quantus centres its grid by padding)."""
+    net, model_fn, params, x, y, a = case
+    for patch in (4, 5):
+        q = run(quantus.RegionPerturbation(patch_size=patch, regions_evaluation=12, normalise=False,
+                                           disable_warnings=True), net, x, y, a)
+        torch.testing.assert_close(M.region_perturbation(model_fn, params, x, y, a, patch=patch, regions=12), q,
+                                   **TOL)
+        q = run(quantus.RegionPerturbation(patch_size=patch, regions_evaluation=6, order="lerf", normalise=False,
+                                           disable_warnings=True), net, x, y, a)
+        torch.testing.assert_close(M.region_perturbation(model_fn, params, x, y, a, patch=patch, regions=6,
+                                                         order="lerf"), q, **TOL)
+
+
+@pytest.fixture
+def trapz():
+    """Quantus 0.6 calls ``np.trapz``, removed in NumPy 2: restore it as ``np.trapezoid`` for the test."""
+    had = hasattr(np, "trapz")
+    if not had:
+        np.trapz = np.trapezoid
+    yield
+    if not had:
+        del np.trapz
+
+
+def test_irof(case, trapz):
+    """One image at a time: Quantus's ``"mean"`` fill is the mean of the whole batch's current images, so a
+    batch couples its images; per image it is fxai's ``"running_mean"``. Quantus 0.6 also asserts that the
+    image and the (one-channel) superpixel mask have one shape, so RGB inputs fail; a mask-broadcasting copy of
+    its perturbation runs them."""
+    net, model_fn, params, x, y, a = case
+    rgb = x.shape[1] == 3
+    if rgb:
+        with pytest.raises(AssertionError, match="shape"):
+            run(quantus.IROF(normalise=False, disable_warnings=True), net, x[:1], y[:1], a[:1])
+
+    def mean_fill(arr, mask, perturb_baseline="mean", **kwargs):
+        return np.where(np.broadcast_to(mask, arr.shape), arr.mean(), arr)
+
+    for i in range(x.shape[0]):
+        xi, yi, ai = x[i:i + 1], y[i:i + 1], a[i:i + 1]
+        opts = dict(perturb_func=mean_fill) if rgb else {}
+        q = run(quantus.IROF(normalise=False, return_aggregate=False, disable_warnings=True, **opts), net, xi, yi, ai)
+        torch.testing.assert_close(M.irof(model_fn, params, xi, yi, ai), q, **TOL)

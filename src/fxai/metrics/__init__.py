@@ -53,6 +53,10 @@ from .faithfulness import monotonicity_correlation as monotonicity_correlation
 from .faithfulness import random_subsets as random_subsets
 from .faithfulness import sensitivity_n as sensitivity_n
 from .randomisation import random_logit as random_logit
+from .regions import irof as irof
+from .regions import patch_labels as patch_labels
+from .regions import region_perturbation as region_perturbation
+from .regions import slic_segments as slic_segments
 from .axiomatic import completeness as completeness
 from .axiomatic import non_sensitivity as non_sensitivity
 from .axiomatic import input_invariance as input_invariance
@@ -67,15 +71,19 @@ __all__ = [
     "feature_order",
     "fill_values",
     "input_invariance",
+    "irof",
     "monotonicity",
     "monotonicity_correlation",
     "monotonicity_curve",
     "non_sensitivity",
+    "patch_labels",
     "pearson",
     "random_logit",
     "random_subsets",
+    "region_perturbation",
     "sensitivity_n",
     "shifted_first_layer",
+    "slic_segments",
     "Imputer",
     "aopc",
     "auc",

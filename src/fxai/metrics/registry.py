@@ -26,6 +26,7 @@ from .faithfulness import (faithfulness_correlation, faithfulness_estimate, mono
 from .localisation import pointing_game, relevance_mass, relevance_rank
 from .perturbation import deletion, insertion, lerf, morf, selectivity
 from .randomisation import random_logit, randomisation
+from .regions import irof, region_perturbation
 from .road import road
 from .robustness import infidelity, max_sensitivity
 
@@ -78,6 +79,9 @@ _ALL = [
     MetricInfo("monotonicity_correlation", monotonicity_correlation, "model", "score", True,
                quick={"samples": 3, "features_in_step": 128}),
     MetricInfo("sensitivity_n", sensitivity_n, "model", "curve", True, quick={"ns": (16, 64), "samples": 8}),
+    MetricInfo("region_perturbation", region_perturbation, "model", "curve", True,
+               quick={"patch": 4, "regions": 6}),
+    MetricInfo("irof", irof, "model", "score", True),
     MetricInfo("random_logit", random_logit, "model", "score", False, needs=("method",)),
     MetricInfo("completeness", completeness, "model", "score", False),
     MetricInfo("non_sensitivity", non_sensitivity, "model", "score", False, quick={"features_in_step": 64}),
