@@ -21,7 +21,7 @@ TARGETS = torch.tensor([0, 4, 2])
 # whole, so that a batch and its single rows draw different numbers from one key.
 BATCH_DRAWS = {"infidelity", "max_sensitivity", "morf", "lerf", "road"}
 # Random subsets, fill values and off classes, likewise drawn for the whole batch.
-BATCH_DRAWS |= {"faithfulness_correlation", "sensitivity_n", "monotonicity_correlation", "random_logit"}
+BATCH_DRAWS |= {"faithfulness_correlation", "sensitivity_n", "monotonicity_correlation", "random_logit", "smooth_mprt"}
 
 
 @pytest.fixture(params=list(METRICS), ids=list(METRICS))

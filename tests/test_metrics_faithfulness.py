@@ -189,3 +189,38 @@ def test_irof_of_a_pixel_model():
     out = M.irof(model_fn, params, x, 0, amap, segments=segments, baseline=0.5)
     p = torch.tensor([1.0, 1.0, 0.5 / x[0, 0, 4, 1].item(), 0.5 / x[0, 0, 4, 1].item()], dtype=torch.float64)
     torch.testing.assert_close(out, 4 - torch.trapezoid(p)[None])
+
+
+def test_histogram_entropy_matches_numpy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    a = torch.randn(3, 50, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    a[2] = 1.5  # constant: one full bin
+    for bins in (7, 100):
+        expect = [scipy_stats.entropy(np.histogram(row, bins=bins)[0]) for row in a.numpy()]
+        torch.testing.assert_close(M.histogram_entropy(a, bins=bins), torch.tensor(expect, dtype=torch.float64))
+    uniform = torch.arange(8.0)[None]
+    torch.testing.assert_close(M.histogram_entropy(uniform, bins=8), torch.tensor([np.log(8.0)], dtype=torch.float32))
+
+
+def test_mprt_variants_on_unrandomised_stages_and_cascades():
+    """An unchanged model leaves the map's complexity alone (eMPRT 0) and, without noise, the smoothed map is
+    the map (sMPRT similarity 1); a cascade randomises its layers one more at a time."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5)).double().eval()
+    fn, p = fxai.functional(net)
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    g = fxai.gradient(fn, p, x, 1)
+    torch.testing.assert_close(M.efficient_mprt(fn, p, x, 1, g, method=fxai.gradient, randomised=p),
+                               torch.zeros(2, dtype=torch.float64))
+    sims = M.smooth_mprt(fn, p, x, 1, g, method=fxai.gradient, samples=3, magnitude=0.0, stages=[p, p], key=0)
+    torch.testing.assert_close(sims, torch.ones(2, 2, dtype=torch.float64))
+    stages = M.cascade(p, ["0", "3"], key=0)
+    assert not torch.equal(stages[0]["0.weight"], p["0.weight"]) and stages[0]["3.weight"] is p["3.weight"]
+    assert torch.equal(stages[1]["0.weight"], stages[0]["0.weight"]) and not torch.equal(stages[1]["3.weight"],
+                                                                                         p["3.weight"])
+    # a random network's gradient map is no simpler than the trained one's here, and the score is relative
+    e = M.efficient_mprt(fn, p, x, 1, g, method=fxai.gradient, key=0)
+    h0 = M.histogram_entropy(g)
+    rand = fxai.gradient(fn, M.randomised_params(p, M.layer_order(p, fn), key=torch.Generator().manual_seed(0),
+                                                 model_fn=fn), x, 1)
+    torch.testing.assert_close(e, (M.histogram_entropy(rand) - h0) / h0)

@@ -264,3 +264,51 @@ def test_irof(case, trapz):
         opts = dict(perturb_func=mean_fill) if rgb else {}
         q = run(quantus.IROF(normalise=False, return_aggregate=False, disable_warnings=True, **opts), net, xi, yi, ai)
         torch.testing.assert_close(M.irof(model_fn, params, xi, yi, ai), q, **TOL)
+
+
+def quantus_stages(net):
+    """The randomised models of Quantus's bottom-up cascade (``reset_parameters`` under seed 43, module by
+    module), as fxai params dicts."""
+    wrapped = quantus.helpers.model.pytorch_model.PyTorchModel(net, channel_first=True, softmax=False, device="cpu")
+    return [{k: v.detach().clone() for k, v in fxai.functional(model)[1].items()}
+            for _, model in wrapped.get_random_layer_generator(order="bottom_up", seed=42)]
+
+
+def test_efficient_mprt(case):
+    """Quantus 0.6's EfficientMPRT also takes the entropy of the model's outputs, which asserts non-negative
+    values: it runs only with ``softmax=True`` (which does not touch the maps)."""
+    net, model_fn, params, x, y, a = case
+    g = fxai.gradient(model_fn, params, x, y)
+    q = quantus.EfficientMPRT(disable_warnings=True)(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=g.numpy(),
+                                                    device="cpu", softmax=True, explain_func=gradients)
+    q = torch.tensor(q, dtype=torch.float32)
+    ours = M.efficient_mprt(model_fn, params, x, y, g, method=fxai.gradient, randomised=quantus_stages(net)[-1])
+    torch.testing.assert_close(ours, q, **TOL)
+
+
+def test_smooth_mprt(case, monkeypatch):
+    """Quantus 0.6's SmoothMPRT ignores ``explain_func`` and calls ``quantus.explain`` (here replaced by the
+    same gradient); its noise is replayed, the draws of the original model's smoothed map skipped."""
+    net, model_fn, params, x, y, a = case
+    calls = []
+
+    def explain(model, inputs, targets, **kwargs):
+        calls.append(len(inputs))
+        return gradients(model, np.asarray(inputs, dtype=np.float32), targets)
+
+    monkeypatch.setattr(quantus, "explain", explain)
+    g = fxai.gradient(model_fn, params, x, y)
+    samples = 4
+    np.random.seed(11)
+    q = quantus.SmoothMPRT(nr_samples=samples, disable_warnings=True)(
+        model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=g.numpy(), device="cpu", softmax=False,
+        explain_func=lambda **kw: pytest.fail("explain_func is not called"))
+    stages = quantus_stages(net)
+    assert len(calls) == samples * (len(stages) + 1)
+    q = torch.tensor([q[name] for name in list(q)[1:]], dtype=torch.float32).T  # [B, L] without "original"
+    np.random.seed(11)
+    for _ in range(samples - 1):
+        np.random.randn(*x.shape)
+    ours = M.smooth_mprt(model_fn, params, x, y, g, method=fxai.gradient, samples=samples, stages=stages,
+                         noise=lambda shape: torch.from_numpy(np.random.randn(*shape)))
+    torch.testing.assert_close(ours, q, **TOL)

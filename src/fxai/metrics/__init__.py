@@ -53,6 +53,11 @@ from .faithfulness import monotonicity_correlation as monotonicity_correlation
 from .faithfulness import random_subsets as random_subsets
 from .faithfulness import sensitivity_n as sensitivity_n
 from .randomisation import random_logit as random_logit
+from .mprt import cascade as cascade
+from .mprt import efficient_mprt as efficient_mprt
+from .mprt import histogram_entropy as histogram_entropy
+from .mprt import smooth_mprt as smooth_mprt
+from .mprt import smoothed_maps as smoothed_maps
 from .regions import irof as irof
 from .regions import patch_labels as patch_labels
 from .regions import region_perturbation as region_perturbation
@@ -64,7 +69,12 @@ from .axiomatic import shifted_first_layer as shifted_first_layer
 
 __all__ = [
     # faithfulness by correlation, randomisation, axioms
+    "cascade",
     "completeness",
+    "efficient_mprt",
+    "histogram_entropy",
+    "smooth_mprt",
+    "smoothed_maps",
     "faithfulness_correlation",
     "faithfulness_estimate",
     "feature_map",

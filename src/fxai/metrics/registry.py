@@ -25,6 +25,7 @@ from .faithfulness import (faithfulness_correlation, faithfulness_estimate, mono
                            sensitivity_n)
 from .localisation import pointing_game, relevance_mass, relevance_rank
 from .perturbation import deletion, insertion, lerf, morf, selectivity
+from .mprt import efficient_mprt, smooth_mprt
 from .randomisation import random_logit, randomisation
 from .regions import irof, region_perturbation
 from .road import road
@@ -83,6 +84,9 @@ _ALL = [
                quick={"patch": 4, "regions": 6}),
     MetricInfo("irof", irof, "model", "score", True),
     MetricInfo("random_logit", random_logit, "model", "score", False, needs=("method",)),
+    MetricInfo("smooth_mprt", smooth_mprt, "model", "stages", False, needs=("method",),
+               quick={"samples": 3}),
+    MetricInfo("efficient_mprt", efficient_mprt, "model", "score", True, needs=("method",)),
     MetricInfo("completeness", completeness, "model", "score", False),
     MetricInfo("non_sensitivity", non_sensitivity, "model", "score", False, quick={"features_in_step": 64}),
     MetricInfo("input_invariance", input_invariance, "model", "score", True, needs=("method",)),
