@@ -79,6 +79,8 @@ def test_same_key_same_scores(info, setup):
 def test_batch_equals_single_calls(info, setup):
     if info.name in BATCH_DRAWS:
         pytest.skip("draws its perturbations for the batch as a whole; covered by the key test")
+    if info.name == "sufficiency":
+        pytest.skip("compares the inputs of a batch with each other")
     _, model_fn, params, x, amap = setup
     out = score(info, model_fn, params, x, TARGETS, amap)
     for i in range(B):

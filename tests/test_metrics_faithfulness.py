@@ -224,3 +224,15 @@ def test_mprt_variants_on_unrandomised_stages_and_cascades():
     rand = fxai.gradient(fn, M.randomised_params(p, M.layer_order(p, fn), key=torch.Generator().manual_seed(0),
                                                  model_fn=fn), x, 1)
     torch.testing.assert_close(e, (M.histogram_entropy(rand) - h0) / h0)
+
+
+def test_sufficiency_counts_close_maps_with_the_same_class():
+    x = torch.rand(4, 1, 2, 2, dtype=torch.float64)
+    model_fn, params = linear_model(x.shape[1:])
+    maps = torch.tensor([[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.1, 1.0], [5.0, 0.0, 0.0, 0.0], [5.0, 0.1, 0.0, 0.0]],
+                        dtype=torch.float64).view(4, 1, 2, 2)
+    target = torch.tensor([0, 0, 0, 1])  # inputs 0 and 1 agree, inputs 2 and 3 do not
+    out = M.sufficiency(model_fn, params, x, target, maps, threshold=0.2, distance="euclidean")
+    assert out.tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert M.sufficiency(model_fn, params, x, target, maps, threshold=1.0, distance="euclidean").tolist() == \
+        [2 / 3, 2 / 3, 1 / 3, 0.0]

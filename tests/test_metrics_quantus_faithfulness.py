@@ -312,3 +312,17 @@ def test_smooth_mprt(case, monkeypatch):
     ours = M.smooth_mprt(model_fn, params, x, y, g, method=fxai.gradient, samples=samples, stages=stages,
                          noise=lambda shape: torch.from_numpy(np.random.randn(*shape)))
     torch.testing.assert_close(ours, q, **TOL)
+
+
+def test_sufficiency(case):
+    net, model_fn, params, x, y, a = case
+    b = x.shape[0]
+    x2, a2 = torch.cat([x, x.flip(0)]), torch.cat([a, a.flip(0) + 0.05 * torch.randn(a.shape)])  # close pairs
+    with torch.no_grad():
+        y2 = net(x2).argmax(1)
+    for t in (0.3, 0.6, 0.9):
+        q = quantus.Sufficiency(threshold=t, normalise=False, disable_warnings=True)(
+            model=net, x_batch=x2.numpy(), y_batch=y2.numpy(), a_batch=a2.numpy(), device="cpu", softmax=True)
+        ours = M.sufficiency(model_fn, params, x2, None, a2, threshold=t)
+        torch.testing.assert_close(ours, torch.tensor(np.asarray(q), dtype=torch.float32), **TOL)
+    assert b > 1

@@ -52,6 +52,7 @@ from .faithfulness import monotonicity_curve as monotonicity_curve
 from .faithfulness import monotonicity_correlation as monotonicity_correlation
 from .faithfulness import random_subsets as random_subsets
 from .faithfulness import sensitivity_n as sensitivity_n
+from .faithfulness import sufficiency as sufficiency
 from .randomisation import random_logit as random_logit
 from .mprt import cascade as cascade
 from .mprt import efficient_mprt as efficient_mprt
@@ -94,6 +95,7 @@ __all__ = [
     "sensitivity_n",
     "shifted_first_layer",
     "slic_segments",
+    "sufficiency",
     "Imputer",
     "aopc",
     "auc",

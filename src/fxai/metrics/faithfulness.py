@@ -17,7 +17,7 @@ import torch
 from .._core import keys
 from .._core.batching import auto_chunk
 from .._core.batching import scores as stacked_scores
-from .._core.checks import check_input, check_positive_int
+from .._core.checks import check_choice, check_input, check_positive_int
 from .._core.targets import TargetLike, one_per_input, scored_model
 from .features import block_scores, feature_map, feature_order, fill_values, pearson
 from .randomisation import spearman
@@ -287,3 +287,48 @@ def monotonicity_correlation(model_fn, params, x: torch.Tensor, target: TargetLi
     inv = torch.where(y.abs() >= eps, 1 / y.abs().clamp_min(eps), torch.ones_like(y)).square()
     var = (out - y[:, None, None]).square().mean(-1) * inv[:, None]
     return spearman(_group_sums(a, groups, steps), var).to(x.dtype)
+
+
+def sufficiency(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor, *,
+                threshold: float = 0.6, distance: str = "seuclidean", absolute: bool = True) -> torch.Tensor:
+    r"""Sufficiency: among the other inputs of the batch whose maps are close to this one's, the fraction that
+    get the same class.
+
+    .. math:: \mathrm{suff}_i = \frac{\sum_{j \ne i} [d_{ij} \le t]\,[c_j = c_i]}{\sum_{j \ne i} [d_{ij} \le t]},
+              \quad d_{ij} = \frac{D(a_i, a_j)}{\max_{kl} D(a_k, a_l)}
+
+    Dasgupta, Frost & Moshkovitz, "Framework for Evaluating Faithfulness of Local Explanations", ICML 2022.
+    :math:`D` is the standardised Euclidean distance between the flattened maps (``"seuclidean"``: each entry
+    divided by its variance over the batch; entries constant over the batch are left out) or the plain
+    ``"euclidean"`` one, of :math:`|a|` with ``absolute=True`` (as Quantus); :math:`c` is ``target``'s class
+    (``None``: the model's prediction, the paper's and Quantus's choice); an input with no close neighbour
+    scores 0. A batch-level metric: each score depends on the whole batch. Higher is better. Cost: one forward
+    pass per input.
+
+    Returns:
+        ``[B]`` fractions.
+
+    Example:
+        >>> fxai.metrics.sufficiency(model_fn, params, x, None, amap).shape
+        torch.Size([2])
+    """
+    check_input(x, exact_ndim=4)
+    check_choice(distance, ("seuclidean", "euclidean"), name="distance")
+    feature_map(attribution, x)  # checks the map
+    a = attribution.detach().flatten(1)
+    a = (a.abs() if absolute else a).double()
+    tgt = one_per_input(model_fn, params, x, target)
+    if tgt.index is None:
+        raise ValueError("target: sufficiency compares classes; pass an int, a LongTensor [B] or None")
+    classes = tgt.index[:, 0]
+    diff = a[:, None] - a[None]
+    if distance == "seuclidean":
+        var = a.var(0) if a.shape[0] > 1 else torch.zeros_like(a[0])
+        diff = torch.where(var > 0, diff / var.clamp_min(torch.finfo(a.dtype).tiny).sqrt(), torch.zeros_like(diff))
+    d = diff.square().sum(-1).sqrt()
+    top = d.max()
+    d = d / top if top > 0 else d
+    close = (d <= threshold) & ~torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
+    same = (classes[:, None] == classes[None]).to(close.device)
+    n = close.sum(1).to(x.dtype)
+    return (close & same).sum(1).to(x.dtype) / n.clamp_min(1)

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from .axiomatic import completeness, input_invariance, non_sensitivity
 from .complexity import complexity, sparseness
 from .faithfulness import (faithfulness_correlation, faithfulness_estimate, monotonicity, monotonicity_correlation,
-                           sensitivity_n)
+                           sensitivity_n, sufficiency)
 from .localisation import pointing_game, relevance_mass, relevance_rank
 from .perturbation import deletion, insertion, lerf, morf, selectivity
 from .mprt import efficient_mprt, smooth_mprt
@@ -80,6 +80,7 @@ _ALL = [
     MetricInfo("monotonicity_correlation", monotonicity_correlation, "model", "score", True,
                quick={"samples": 3, "features_in_step": 128}),
     MetricInfo("sensitivity_n", sensitivity_n, "model", "curve", True, quick={"ns": (16, 64), "samples": 8}),
+    MetricInfo("sufficiency", sufficiency, "model", "score", True),
     MetricInfo("region_perturbation", region_perturbation, "model", "curve", True,
                quick={"patch": 4, "regions": 6}),
     MetricInfo("irof", irof, "model", "score", True),
