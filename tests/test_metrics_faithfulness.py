@@ -235,4 +235,4 @@ def test_sufficiency_counts_close_maps_with_the_same_class():
     out = M.sufficiency(model_fn, params, x, target, maps, threshold=0.2, distance="euclidean")
     assert out.tolist() == [1.0, 1.0, 0.0, 0.0]
     assert M.sufficiency(model_fn, params, x, target, maps, threshold=1.0, distance="euclidean").tolist() == \
-        [2 / 3, 2 / 3, 1 / 3, 0.0]
+        [2 / 3, 2 / 3, 2 / 3, 0.0]
