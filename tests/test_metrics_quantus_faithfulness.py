@@ -326,3 +326,32 @@ def test_sufficiency(case):
         ours = M.sufficiency(model_fn, params, x2, None, a2, threshold=t)
         torch.testing.assert_close(ours, torch.tensor(np.asarray(q), dtype=torch.float32), **TOL)
     assert b > 1
+
+
+def test_sensitivity_n_differs_from_quantus(case):
+    """Quantus 0.6's SensitivityN is not Ancona et al.'s: it removes the top features cumulatively, one group
+    of ``features_in_step`` more per step, and for each step correlates, across the images of the (first)
+    batch, the drop so far with the relevance of the last group only. fxai follows the paper (random subsets
+    of n features per input, correlation over the subsets; tested against the closed form elsewhere). Here
+    Quantus's number is rebuilt from its definition, to pin what it computes."""
+    net, model_fn, params, x, y, a = case
+    step = 28 if x.shape[1] == 1 else 12
+    q = torch.tensor(quantus.SensitivityN(features_in_step=step, n_max_percentage=0.5, normalise=False,
+                                          return_aggregate=False, disable_warnings=True)(
+        model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu", softmax=False),
+        dtype=torch.float32)
+    flat, fa = x.flatten(1), a.flatten(1)
+    order, _ = M.feature_order(fa, descending=True)
+    steps = int(0.5 * x[0, 0].numel() // step)
+    with torch.no_grad():
+        f0 = net(x).gather(1, y[:, None])[:, 0]
+        drops, sums = [], []
+        for k in range(steps):
+            gone = order[:, : (k + 1) * step]
+            xk = flat.scatter(1, gone, flat.amin(1, keepdim=True).expand_as(gone)).view(x.shape)
+            drops.append(f0 - net(xk).gather(1, y[:, None])[:, 0])
+            sums.append(fa.gather(1, order[:, k * step:(k + 1) * step]).sum(1))
+    rebuilt = M.pearson(torch.stack(drops), torch.stack(sums))  # per step, across images
+    torch.testing.assert_close(q, rebuilt, **TOL)
+    ours = M.sensitivity_n(model_fn, params, x, y, a, ns=[step, 2 * step], samples=10, key=0)
+    assert ours.shape == (x.shape[0], 2)  # one correlation per input and n, not one per step across inputs
