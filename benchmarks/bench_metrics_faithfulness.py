@@ -171,7 +171,10 @@ def main():
     model_fn, params = fxai.functional(net)
     g = torch.Generator().manual_seed(0)
     b, hw, cs = args.images, args.size, args.chunk_size
-    x = torch.rand(b, 3, hw, hw, generator=g)
+    # smooth images (SLIC finds one segment in uniform noise) with a little pixel noise
+    x = torch.nn.functional.interpolate(torch.rand(b, 3, hw // 8, hw // 8, generator=g), size=(hw, hw),
+                                        mode="bilinear", align_corners=False)
+    x = (x + 0.05 * torch.rand(b, 3, hw, hw, generator=g)).clamp(0, 1)
     a = torch.randn(b, 3, hw, hw, generator=g)  # no ties: every sort gives one order
     with torch.no_grad():
         y = net(x).argmax(1)

@@ -321,11 +321,10 @@ def sufficiency(model_fn, params, x: torch.Tensor, target: TargetLike, attributi
     if tgt.index is None:
         raise ValueError("target: sufficiency compares classes; pass an int, a LongTensor [B] or None")
     classes = tgt.index[:, 0]
-    diff = a[:, None] - a[None]
     if distance == "seuclidean":
         var = a.var(0) if a.shape[0] > 1 else torch.zeros_like(a[0])
-        diff = torch.where(var > 0, diff / var.clamp_min(torch.finfo(a.dtype).tiny).sqrt(), torch.zeros_like(diff))
-    d = diff.square().sum(-1).sqrt()
+        a = torch.where(var > 0, a / var.clamp_min(torch.finfo(a.dtype).tiny).sqrt(), torch.zeros_like(a))
+    d = torch.cdist(a[None], a[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
     top = d.max()
     d = d / top if top > 0 else d
     close = (d <= threshold) & ~torch.eye(a.shape[0], dtype=torch.bool, device=a.device)

@@ -38,13 +38,13 @@ def patch_labels(height: int, width: int, patch: int, *, device=None) -> torch.T
     return rows[:, None] * n_cols + cols[None, :]
 
 
-def _region_rows(x, labels, order_rank, fills):
+def _region_rows(x, labels, order_rank, fills, *, per_region=False):
     """Rows maker for :func:`~fxai.metrics.features.block_scores`: at step ``k`` the regions ranked ``<= k``
-    take their fill (``fills [B, R]`` per region, or ``[B, N]`` per feature)."""
+    take their fill (``fills [B, R]`` per region with ``per_region``, else ``[B, N]`` per feature)."""
     flat = x.flatten(1)
     rank = order_rank.gather(1, labels.flatten(1))  # rank of each pixel's region, [B, H*W]
     rank = rank[:, None].expand(x.shape[0], x.shape[1], -1).flatten(1)  # per feature
-    fill = fills if fills.shape == flat.shape else fills.gather(1, labels.flatten(1)[:, None].expand(
+    fill = fills if not per_region else fills.gather(1, labels.flatten(1)[:, None].expand(
         x.shape[0], x.shape[1], -1).flatten(1))
 
     def rows(s, e):
@@ -155,17 +155,15 @@ def irof(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: tor
     mean_a = torch.where(present, mean_a, torch.full_like(mean_a, -torch.inf))
     rank = _rank_regions(mean_a)
     steps = present.sum(1)  # S per image; absent labels rank last and are never removed
-    if baseline == "running_mean":
-        fills = _running_means(x, flat_labels, count, rank)
-    else:
-        fills = fill_values(baseline, x)
+    running = isinstance(baseline, str) and baseline == "running_mean"
+    fills = _running_means(x, flat_labels, count, rank) if running else fill_values(baseline, x)
     fn = scored_model(model_fn, softmax)
     tgt = one_per_input(fn, params, x, target)
     chunk_size = auto_chunk(chunk_size, x)
     with torch.no_grad():
         y = stacked_scores(fn, params, x, tgt)
-    curve = block_scores(fn, params, x, tgt, _region_rows(x, labels, rank, fills), int(steps.max()),
-                         chunk_size=chunk_size) / y[:, None]
+    rows = _region_rows(x, labels, rank, fills, per_region=running)
+    curve = block_scores(fn, params, x, tgt, rows, int(steps.max()), chunk_size=chunk_size) / y[:, None]
     k = torch.arange(curve.shape[1], device=x.device)
     inside = k[None] < steps[:, None]
     p = torch.where(inside, curve, torch.zeros_like(curve))
