@@ -23,13 +23,15 @@ from .features import block_scores, feature_map, feature_order, fill_values, pea
 from .randomisation import spearman
 
 
-def _setup(model_fn, params, x, target, attribution, softmax, chunk_size, absolute=False):
+def _setup(model_fn, params, x, target, attribution, softmax, chunk_size, absolute=False, clean=True):
     check_input(x, exact_ndim=4)
     a = feature_map(attribution, x, absolute=absolute)
     fn = scored_model(model_fn, softmax)
     tgt = one_per_input(fn, params, x, target)
-    with torch.no_grad():
-        y = stacked_scores(fn, params, x, tgt)
+    y = None
+    if clean:  # the score on the clean input
+        with torch.no_grad():
+            y = stacked_scores(fn, params, x, tgt)
     return a, fn, tgt, y, auto_chunk(chunk_size, x)
 
 
@@ -230,7 +232,8 @@ def monotonicity_curve(model_fn, params, x: torch.Tensor, target: TargetLike, at
         >>> fxai.metrics.monotonicity_curve(model_fn, params, x, None, amap, features_in_step=1024).shape
         torch.Size([2, 3])
     """
-    a, fn, tgt, _, chunk_size = _setup(model_fn, params, x, target, attribution, softmax, chunk_size, absolute)
+    a, fn, tgt, _, chunk_size = _setup(model_fn, params, x, target, attribution, softmax, chunk_size, absolute,
+                                       clean=False)
     groups, steps = _groups(a, features_in_step, False)
     fill, flat = fill_values(baseline, x), x.flatten(1)
 
