@@ -154,6 +154,75 @@ def irof_case(net, model_fn, params, x, y, a, cs, quantus):
             lambda: floor_forward(net, x, passes, cs), None)
 
 
+def small_cases(net, model_fn, params, x, y, a, cs, quantus):
+    """Metrics whose Quantus run takes one forward per feature or one explanation per layer and sample,
+    on small images: non-sensitivity (one group per feature: Quantus works only so), smooth MPRT over every
+    layer of resnet18, and input invariance (on a copy of the network whose first convolution has a bias)."""
+    import copy
+
+    b, n = x.shape[0], x[0].numel()
+    out = []
+    a0 = a.clone()
+    a0.view(-1)[::3] = 0.0
+    out.append((f"non-sensitivity ({n} single features)",
+                lambda: M.non_sensitivity(model_fn, params, x, y, a0, normalise=False, chunk_size=cs),
+                lambda: quantus_call(quantus.NonSensitivity(features_in_step=1, normalise=False, disable_warnings=True),
+                                     net, x, y, a0),
+                lambda: floor_forward(net, x, n + 1, cs),
+                lambda o, q: float((o - torch.tensor(np.asarray(q), dtype=o.dtype)).abs().max())))
+    wrapped = quantus.helpers.model.pytorch_model.PyTorchModel(net, channel_first=True, softmax=False, device="cpu")
+    stages = [{k: v.detach().clone() for k, v in fxai.functional(m)[1].items()}
+              for _, m in wrapped.get_random_layer_generator(order="bottom_up", seed=42)]
+    samples = 2
+    g = fxai.gradient(model_fn, params, x, y)
+
+    def explain(model, inputs, targets, **kwargs):
+        return gradients(model, inputs, targets)
+
+    def q_smprt():
+        saved, quantus.explain = quantus.explain, explain  # Quantus's SmoothMPRT calls quantus.explain
+        try:
+            np.random.seed(5)
+            return quantus_call(quantus.SmoothMPRT(nr_samples=samples, disable_warnings=True), net, x, y, g,
+                                explain_func=explain)
+        finally:
+            quantus.explain = saved
+
+    def ours_smprt():
+        np.random.seed(5)
+        for _ in range(samples - 1):
+            np.random.randn(*x.shape)
+        return M.smooth_mprt(model_fn, params, x, y, g, method=fxai.gradient, samples=samples, stages=stages,
+                             noise=lambda shape: torch.from_numpy(np.random.randn(*shape)))
+
+    def smprt_diff(o, q):
+        q = torch.tensor([q[k] for k in list(q)[1:]], dtype=torch.float32).T
+        return float((o - q).abs().max())
+
+    rows = x.repeat(samples, 1, 1, 1)
+    out.append((f"smooth MPRT ({len(stages)} layers × {samples} samples)", ours_smprt, q_smprt,
+                lambda: [fxai.gradient(model_fn, p, rows, y.repeat(samples)) for p in stages], smprt_diff))
+    biased = copy.deepcopy(net)
+    conv = biased.conv1
+    biased.conv1 = torch.nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=True)
+    with torch.no_grad():
+        biased.conv1.weight.copy_(conv.weight)
+        biased.conv1.bias.zero_()
+    bf, bp = fxai.functional(biased)
+    gb = fxai.gradient(bf, bp, x, y)
+
+    def shift_all(arr, indices, indexed_axes=None, input_shift=-1, **kwargs):  # Quantus skips the first element
+        return arr + input_shift
+
+    out.append(("input invariance (gradient)",
+                lambda: M.input_invariance(bf, bp, x, y, gb, method=fxai.gradient, layer="conv1"),
+                lambda: quantus_call(quantus.InputInvariance(disable_warnings=True, perturb_func=shift_all), biased,
+                                     x, y, gb, explain_func=gradients),
+                lambda: fxai.gradient(bf, bp, x, y),
+                lambda o, q: float((o - torch.tensor(np.asarray(q, dtype=np.float32))).abs().max())))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=8)
@@ -161,6 +230,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--chunk-size", type=int, default=32)
     ap.add_argument("--irof-images", type=int, default=2)
+    ap.add_argument("--small-size", type=int, default=16, help="image size of the per-feature and per-layer cases")
     ap.add_argument("--only", default="", help="comma-separated substrings of metric names")
     args = ap.parse_args()
     import quantus
@@ -181,10 +251,16 @@ def main():
     todo = cases(net, model_fn, params, x, y, a, cs, quantus)
     k = args.irof_images
     todo.append(irof_case(net, model_fn, params, x[:k], y[:k], a[:k], cs, quantus))
+    s = args.small_size
+    xs = torch.nn.functional.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        ys = net(xs).argmax(1)
+    todo += small_cases(net, model_fn, params, xs, ys, torch.randn(b, 3, s, s, generator=g), cs, quantus)
     if args.only:
         keys_ = args.only.split(",")
         todo = [t for t in todo if any(s in t[0] for s in keys_)]
-    print(f"\nresnet18, {hw}×{hw}, CPU, {torch.get_num_threads()} threads, batch {b} (IROF: {k}), chunk_size={cs}\n")
+    print(f"\nresnet18, {hw}×{hw} ({s}×{s} for the last three), CPU, {torch.get_num_threads()} threads, batch {b} "
+          f"(IROF: {k}), chunk_size={cs}\n")
     print("| metric | fxai (s) | Quantus (s) | floor (s) | Quantus / fxai | fxai / floor | max abs diff |")
     print("|---|---|---|---|---|---|---|")
     for name, ours, theirs, floor, check in todo:
