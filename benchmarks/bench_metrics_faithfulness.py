@@ -55,7 +55,9 @@ def cases(net, model_fn, params, x, y, a, cs, quantus):
     n = c * h * w
     step = h * w // 4  # 3 · 4 = 12 groups of features
     groups = n // step
-    diff = lambda o, q: float((o.float() - torch.tensor(np.asarray(q, dtype=np.float64)).float()).abs().max())  # noqa: E731
+
+    def diff(o, q):
+        return float((o.float() - torch.tensor(np.asarray(q, dtype=np.float64)).float()).abs().max())
     out = []
 
     runs, size = 10, 224
@@ -68,8 +70,9 @@ def cases(net, model_fn, params, x, y, a, cs, quantus):
 
     def q_fc():
         np.random.seed(0)
-        return quantus_call(quantus.FaithfulnessCorrelation(nr_runs=runs, subset_size=size, normalise=False,
-                                                            return_aggregate=False, disable_warnings=True), net, x, y, a)
+        metric = quantus.FaithfulnessCorrelation(nr_runs=runs, subset_size=size, normalise=False,
+                                                 return_aggregate=False, disable_warnings=True)
+        return quantus_call(metric, net, x, y, a)
     out.append(("faithfulness correlation (10 runs)",
                 lambda: M.faithfulness_correlation(model_fn, params, x, y, a, runs=runs, subset_size=size,
                                                    subsets=subsets, chunk_size=cs),

@@ -71,7 +71,8 @@ def test_same_key_same_scores(info, setup):
     torch.testing.assert_close(score(info, model_fn, params, x, TARGETS, amap, key=5), first, rtol=0, atol=0)
     if info.randomised:
         opts = dict(info.quick, **({"method": fxai.gradient} if "method" in info.needs else {}))
-        if info.name in {"infidelity", "max_sensitivity", "randomisation"}:
+        if info.name in {"infidelity", "max_sensitivity", "randomisation", "faithfulness_correlation", "sensitivity_n",
+                         "monotonicity_correlation", "random_logit", "smooth_mprt", "efficient_mprt"}:
             with pytest.raises(TypeError, match="key"):
                 info.fn(model_fn, params, x, TARGETS, amap, **opts)
 

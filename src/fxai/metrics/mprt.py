@@ -121,8 +121,8 @@ def smooth_mprt(model_fn, params, x: torch.Tensor, target: TargetLike, attributi
                 noise: Callable | None = None, method_options=None, key=None) -> torch.Tensor:
     r"""Smooth MPRT: similarity of a map with the noise-averaged maps of ever more randomised models.
 
-    .. math:: \operatorname{sim}\Big(|a|,\ \Big|\frac{1}{N}\sum_{n=1}^{N} \Phi(f_{\theta_\ell}, x + \epsilon_n)\Big|\Big),
-              \quad \epsilon_N = 0,\ \epsilon_n \sim \mathcal N(0, (\sigma (\max x - \min x))^2)
+    .. math:: \operatorname{sim}\Big(|a|,\ \Big|\frac{1}{N}\sum_{n=1}^{N} \Phi(f_{\theta_\ell}, x + \epsilon_n)
+              \Big|\Big),\quad \epsilon_N = 0,\ \epsilon_n \sim \mathcal N(0, (\sigma (\max x - \min x))^2)
 
     Hedström et al. 2023. Stage :math:`\ell` randomises the layers up to :math:`\ell` (``order="bottom_up"``,
     input side first, as the paper and Quantus; or ``"top_down"``), and the maps of the randomised model are
