@@ -102,12 +102,17 @@ def region_perturbation(model_fn, params, x: torch.Tensor, target: TargetLike, a
 def slic_segments(x: torch.Tensor, **options) -> torch.Tensor:
     """SLIC superpixels of each image (``skimage.segmentation.slic`` on the image as ``H × W × C`` float64,
     ``start_label=0``, Quantus's call; ``options`` go to ``slic``): ``LongTensor [B, H, W]`` on ``x``'s device.
+    Needs scikit-image (an optional dependency); segmentation runs on the CPU.
 
     Example:
         >>> fxai.metrics.slic_segments(x, n_segments=20).shape
         torch.Size([2, 32, 32])
     """
-    from skimage.segmentation import slic
+    try:
+        from skimage.segmentation import slic
+    except ImportError:
+        raise ImportError("slic_segments needs scikit-image (pip install scikit-image); or pass your own "
+                          "segments [B, H, W] to irof") from None
 
     imgs = x.detach().cpu().double().movedim(1, -1).numpy()
     options = {"start_label": 0, **options}
