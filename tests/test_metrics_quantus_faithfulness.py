@@ -355,3 +355,30 @@ def test_sensitivity_n_differs_from_quantus(case):
     torch.testing.assert_close(q, rebuilt, **TOL)
     ours = M.sensitivity_n(model_fn, params, x, y, a, ns=[step, 2 * step], samples=10, key=0)
     assert ours.shape == (x.shape[0], 2)  # one correlation per input and n, not one per step across inputs
+
+
+def test_sufficiency_with_an_entry_constant_over_the_batch():
+    """SciPy's standardised Euclidean distance divides by each entry's variance over the batch: one entry at 0
+    in every map makes every distance NaN, and Quantus scores every input 0. fxai leaves the entry out."""
+    torch.manual_seed(0)
+    net = small_cnn().eval()
+    model_fn, params = fxai.functional(net)
+    x = torch.rand(6, 3, 10, 12, generator=torch.Generator().manual_seed(3))
+    a = torch.randn(3, 3, 10, 12, generator=torch.Generator().manual_seed(4)).repeat(2, 1, 1, 1)
+    a = a + 0.01 * torch.randn(a.shape, generator=torch.Generator().manual_seed(5))  # three close pairs
+    a[:, 0, 0, 0] = 0.0
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    q = quantus.Sufficiency(threshold=0.6, normalise=False, disable_warnings=True)(
+        model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu", softmax=True)
+    assert np.asarray(q).tolist() == [0.0] * 6
+    ours = M.sufficiency(model_fn, params, x, None, a, threshold=0.6)
+    from scipy.spatial.distance import cdist
+
+    flat = np.abs(a.flatten(1).double().numpy())[:, 1:]  # without the constant entry
+    d = cdist(flat, flat, "seuclidean")
+    near = (d / d.max() <= 0.6) & ~np.eye(6, dtype=bool)
+    same = y.numpy()[:, None] == y.numpy()[None]
+    expect = (near & same).sum(1) / np.maximum(near.sum(1), 1)
+    torch.testing.assert_close(ours, torch.tensor(expect, dtype=torch.float32), **TOL)
+    assert ours.max() > 0
