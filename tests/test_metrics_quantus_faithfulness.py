@@ -382,3 +382,23 @@ def test_sufficiency_with_an_entry_constant_over_the_batch():
     expect = (near & same).sum(1) / np.maximum(near.sum(1), 1)
     torch.testing.assert_close(ours, torch.tensor(expect, dtype=torch.float32), **TOL)
     assert ours.max() > 0
+
+
+def test_input_invariance_bias_under_zero_padding():
+    """With a zero-padded first convolution the response to a constant shift is smaller at the border;
+    Quantus takes the smallest response for the bias correction, fxai the interior one, which keeps the
+    pre-activations of every interior position exactly."""
+    torch.manual_seed(0)
+    net = small_cnn()
+    net[0] = nn.Conv2d(3, 6, 3, padding=1)
+    net = net.eval()
+    model_fn, params = fxai.functional(net)
+    wrapped = quantus.helpers.model.pytorch_model.PyTorchModel(net, channel_first=True, softmax=False, device="cpu")
+    theirs = wrapped.add_mean_shift_to_first_layer(-1.0, (1, 3, 10, 12))[0].bias.detach()
+    ours = M.shifted_first_layer(params, "0", -1.0)["0.bias"]
+    assert not torch.allclose(ours, theirs, atol=1e-4)
+    x = torch.rand(2, 3, 10, 12, generator=torch.Generator().manual_seed(0))
+    conv = torch.nn.functional.conv2d
+    before = conv(x, params["0.weight"], params["0.bias"], padding=1)
+    after = conv(x - 1.0, params["0.weight"], ours, padding=1)
+    torch.testing.assert_close(after[..., 1:-1, 1:-1], before[..., 1:-1, 1:-1], **TOL)
