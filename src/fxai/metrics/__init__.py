@@ -31,6 +31,13 @@ from .road import road as road
 from .road import road_combined as road_combined
 from .robustness import infidelity as infidelity
 from .robustness import max_sensitivity as max_sensitivity
+from .stability import local_lipschitz_estimate as local_lipschitz_estimate
+from .stability import avg_sensitivity as avg_sensitivity
+from .stability import continuity as continuity
+from .stability import consistency as consistency
+from .stability import relative_input_stability as relative_input_stability
+from .stability import relative_output_stability as relative_output_stability
+from .stability import relative_representation_stability as relative_representation_stability
 from .randomisation import randomisation as randomisation
 from .randomisation import randomised_params as randomised_params
 from .randomisation import layer_order as layer_order
@@ -46,16 +53,20 @@ __all__ = [
     "Imputer",
     "aopc",
     "auc",
+    "avg_sensitivity",
     "blur",
     "bottom_mask",
     "channel_mean",
     "complexity",
+    "consistency",
     "constant",
+    "continuity",
     "deletion",
     "infidelity",
     "insertion",
     "layer_order",
     "lerf",
+    "local_lipschitz_estimate",
     "max_sensitivity",
     "morf",
     "noisy_linear",
@@ -66,6 +77,9 @@ __all__ = [
     "ranking",
     "relevance_map",
     "registry",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
     "relevance_mass",
     "relevance_rank",
     "road",
