@@ -46,12 +46,19 @@ from .randomisation import ssim as ssim
 from .localisation import pointing_game as pointing_game
 from .localisation import relevance_mass as relevance_mass
 from .localisation import relevance_rank as relevance_rank
+from .localisation import top_k_intersection as top_k_intersection
+from .localisation import attribution_localisation as attribution_localisation
+from .localisation import mask_auc as mask_auc
+from .localisation import focus as focus
+from .localisation import mosaics as mosaics
 from .complexity import sparseness as sparseness
 from .complexity import complexity as complexity
+from .complexity import effective_complexity as effective_complexity
 
 __all__ = [
     "Imputer",
     "aopc",
+    "attribution_localisation",
     "auc",
     "avg_sensitivity",
     "blur",
@@ -62,13 +69,17 @@ __all__ = [
     "constant",
     "continuity",
     "deletion",
+    "effective_complexity",
+    "focus",
     "infidelity",
     "insertion",
     "layer_order",
     "lerf",
     "local_lipschitz_estimate",
+    "mask_auc",
     "max_sensitivity",
     "morf",
+    "mosaics",
     "noisy_linear",
     "perturbation_curve",
     "pointing_game",
@@ -88,6 +99,7 @@ __all__ = [
     "sparseness",
     "spearman",
     "ssim",
+    "top_k_intersection",
     "top_mask",
     "uniform_noise",
 ]

@@ -25,6 +25,10 @@ from .perturbation import deletion, insertion, lerf, morf, selectivity
 from .randomisation import randomisation
 from .road import road
 from .robustness import infidelity, max_sensitivity
+from .complexity import effective_complexity
+from .localisation import attribution_localisation, focus, mask_auc, top_k_intersection
+from .stability import (avg_sensitivity, consistency, continuity, local_lipschitz_estimate,
+                        relative_input_stability, relative_output_stability, relative_representation_stability)
 
 KINDS = ("model", "localisation", "complexity")
 OUTPUTS = ("score", "curve", "stages")
@@ -71,6 +75,24 @@ _ALL = [
     MetricInfo("relevance_rank", relevance_rank, "localisation", higher_is_better=True),
     MetricInfo("sparseness", sparseness, "complexity", higher_is_better=True),
     MetricInfo("complexity", complexity, "complexity", higher_is_better=False),
+    # robustness: re-explain perturbed inputs (but consistency)
+    MetricInfo("local_lipschitz_estimate", local_lipschitz_estimate, "model", "score", False, needs=("method",),
+               quick={"samples": 3}),
+    MetricInfo("avg_sensitivity", avg_sensitivity, "model", "score", False, needs=("method",), quick={"samples": 3}),
+    MetricInfo("continuity", continuity, "model", "score", False, needs=("method",), quick={"steps": 3}),
+    MetricInfo("relative_input_stability", relative_input_stability, "model", "score", False, needs=("method",),
+               quick={"samples": 3, "radius": 0.001}),
+    MetricInfo("relative_output_stability", relative_output_stability, "model", "score", False,
+               needs=("method",), quick={"samples": 3, "radius": 0.001}),
+    MetricInfo("relative_representation_stability", relative_representation_stability, "model", "score", False,
+               needs=("method",), quick={"samples": 3, "radius": 0.001}),
+    MetricInfo("consistency", consistency, "model", "score", True),
+    # localisation and complexity
+    MetricInfo("top_k_intersection", top_k_intersection, "localisation", higher_is_better=True, quick={"k": 20}),
+    MetricInfo("attribution_localisation", attribution_localisation, "localisation", higher_is_better=True),
+    MetricInfo("mask_auc", mask_auc, "localisation", higher_is_better=True),
+    MetricInfo("focus", focus, "localisation", higher_is_better=True),
+    MetricInfo("effective_complexity", effective_complexity, "complexity", higher_is_better=False),
 ]
 
 METRICS: dict[str, MetricInfo] = {m.name: m for m in _ALL}

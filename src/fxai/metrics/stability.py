@@ -16,7 +16,7 @@ import torch
 
 from .._core import keys
 from .._core.batching import auto_chunk
-from .._core.checks import check_finite, check_input, check_positive_int
+from .._core.checks import check_finite, check_input, check_map, check_positive_int
 from .._core.discovery import resolve_layers
 from .._core.layers import forward_with_activations
 from .._core.targets import TargetLike, check_logits, one_per_input
@@ -435,6 +435,8 @@ def consistency(model_fn, params, x: torch.Tensor, target: TargetLike, attributi
     """
     check_input(x)
     check_positive_int(top, name="top")
+    if x.ndim == 4:
+        check_map(attribution, x)
     amap = _check_attribution(attribution, x)
     labels = _labels(amap, top, discretise)
     with torch.no_grad():
