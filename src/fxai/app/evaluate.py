@@ -160,8 +160,8 @@ def evaluate(model_fn, params, x: torch.Tensor, target=None, *, masks=None, meth
         "sem", "n", "no_better_than_random"}}}, "errors": {"method/metric": message}}``.
 
     Example:
-        >>> result = fxai.app.evaluate.evaluate(model_fn, params, x, 3, methods=["gradient"],
-        ...                                     metrics=["sparseness"], quick=True)
+        >>> from fxai.app.evaluate import evaluate
+        >>> result = evaluate(model_fn, params, x, 3, methods=["gradient"], metrics=["sparseness"], quick=True)
         >>> sorted(result["table"]), sorted(result["table"]["gradient"]["sparseness"])
         (['gradient', 'random'], ['mean', 'n', 'no_better_than_random', 'sem'])
     """
