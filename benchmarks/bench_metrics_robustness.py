@@ -80,9 +80,10 @@ def main():
         "max sensitivity": (
             lambda: M.max_sensitivity(model_fn, params, x, y, amap, method=fxai.gradient, samples=s, key=0),
             q(quantus.MaxSensitivity(nr_samples=s, **common)), floor(s)),
-        f"continuity ({s} shifts)": (
-            lambda: M.continuity(model_fn, params, x, y, amap, method=fxai.gradient, steps=s, chunk_size=cs),
-            q(quantus.Continuity(nr_steps=s, **common)), floor(s)),
+        # s + 1 shifts: with s = 3 and a width of 112 Quantus's last shift is 113 > 112 pixels and it raises
+        f"continuity ({s + 1} shifts)": (
+            lambda: M.continuity(model_fn, params, x, y, amap, method=fxai.gradient, steps=s + 1, chunk_size=cs),
+            q(quantus.Continuity(nr_steps=s + 1, **common)), floor(s + 1)),
         "relative input stability": (
             lambda: M.relative_input_stability(model_fn, params, x, y, amap, **opts),
             q(quantus.RelativeInputStability(nr_samples=s, **common)), floor(s, True)),

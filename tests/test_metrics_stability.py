@@ -213,3 +213,17 @@ def test_keys_chunks_and_randomised_methods():
         M.avg_sensitivity(model_fn, params, x, y, a[:, :, :, :-1], method=sg, samples=2, key=1)
     with pytest.raises(ValueError, match="steps"):
         M.continuity(model_fn, params, x, y, a, method=fxai.gradient, steps=100)
+
+
+def test_continuity_shifts_past_the_border_where_quantus_raises():
+    # With nr_steps dividing 2W + 1, Quantus's last shift is W + 1 pixels and np.take raises IndexError; the image
+    # is then moved out entirely, all fill, and the definition still holds.
+    net, model_fn, params, x, y = setup("hidden")  # W = 12: 25 = 5 * 5
+    a = fxai.gradient(model_fn, params, x, y)
+    with pytest.raises(IndexError):
+        run_quantus(quantus.Continuity(nr_steps=5, **COMMON), net, x, y, a, model_fn, params)
+    got = M.continuity(model_fn, params, x, y, a, method=fxai.gradient, steps=5)
+    blank = x.flatten(1).amin(1)[:, None, None, None].expand_as(x)
+    gb = fxai.gradient(model_fn, params, blank, y)
+    last = (a - gb).flatten(1).abs().sum(1) / ((x - blank).flatten(1).norm(dim=1) + 1e-9)
+    assert (got >= last - 1e-12).all() and torch.isfinite(got).all()
