@@ -128,3 +128,18 @@ def test_cli_in_process(tmp_path, capsys):
     assert "| gradient |" in text and "mask_auc ↑" in text
     assert cli.main(["evaluate", "--out", out]) == 2
     assert "--synthetic" in capsys.readouterr().err
+
+
+def test_a_failing_method_is_reported_not_fatal(model):
+    from fxai import registry
+
+    def broken(model_fn, params, x, target):
+        raise ValueError("this model has no such layer")
+
+    model_fn, params = model
+    b = shapes(2, seed=0, size=16)
+    result = E.evaluate(model_fn, params, b.images, None, methods=[registry.MethodInfo("broken", broken), "gradient"],
+                        metrics=["sparseness"])
+    assert "no such layer" in result["errors"]["broken/sparseness"]
+    assert result["table"]["broken"] == {} and result["table"]["gradient"]["sparseness"]["n"] == 2
+    assert any("broken/sparseness: not scored" in line for line in E.markdown(result))

@@ -196,14 +196,19 @@ def evaluate(model_fn, params, x: torch.Tensor, target=None, *, masks=None, meth
         pending = [k for k in metric_rows if k.name not in done.get(info.name, {})]
         if not pending:
             continue
-        opts = registry.options(info, size=tuple(x.shape[-2:]), layer=layer, key=seed, references=references,
-                                quick=quick)
-        maps = []
-        for b, s in batches:
-            bar.set_description(f"{info.name}: explaining")
-            options = dict(opts, **({"key": seed + b} if "key" in opts or info.name == RANDOM else {}))
-            with reporting(lambda d, t: bar.set_postfix_str(f"{d}/{t} rows", refresh=True)):
-                maps.append(info.fn(model_fn, params, x[s], tgt[s], **options).detach())
+        maps, opts = [], registry.options(info, size=tuple(x.shape[-2:]), layer=layer, key=seed,
+                                          references=references, quick=quick)
+        try:
+            for b, s in batches:
+                bar.set_description(f"{info.name}: explaining")
+                options = dict(opts, **({"key": seed + b} if "key" in opts or info.name == RANDOM else {}))
+                with reporting(lambda d, t: bar.set_postfix_str(f"{d}/{t} rows", refresh=True)):
+                    maps.append(info.fn(model_fn, params, x[s], tgt[s], **options).detach())
+        except (ValueError, TypeError, RuntimeError, LookupError) as err:  # a method this model does not support
+            for metric in pending:
+                errors[f"{info.name}/{metric.name}"] = "the method failed: " + " ".join(str(err).split())[:300]
+            bar.update(len(pending) * len(batches))
+            continue
         method_options = {k: v for k, v in opts.items() if k != "key"}
         for metric in pending:
             bar.set_description(f"{info.name}: {metric.name}")

@@ -34,7 +34,7 @@ from .robustness import max_sensitivity as max_sensitivity
 from .stability import local_lipschitz_estimate as local_lipschitz_estimate
 from .stability import avg_sensitivity as avg_sensitivity
 from .stability import continuity as continuity
-from .stability import consistency as consistency
+from .consistency import consistency as consistency
 from .stability import relative_input_stability as relative_input_stability
 from .stability import relative_output_stability as relative_output_stability
 from .stability import relative_representation_stability as relative_representation_stability

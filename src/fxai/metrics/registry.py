@@ -27,7 +27,8 @@ from .road import road
 from .robustness import infidelity, max_sensitivity
 from .complexity import effective_complexity
 from .localisation import attribution_localisation, focus, mask_auc, top_k_intersection
-from .stability import (avg_sensitivity, consistency, continuity, local_lipschitz_estimate,
+from .consistency import consistency
+from .stability import (avg_sensitivity, continuity, local_lipschitz_estimate,
                         relative_input_stability, relative_output_stability, relative_representation_stability)
 
 KINDS = ("model", "localisation", "complexity")

@@ -1,7 +1,7 @@
 """Stability of a map under input perturbations: local Lipschitz estimate, average sensitivity, continuity,
-relative input / representation / output stability, and consistency.
+relative input / representation / output stability.
 
-Each metric (but consistency) re-explains perturbed copies of ``x`` with the attribution ``method`` that made
+Each metric re-explains perturbed copies of ``x`` with the attribution ``method`` that made
 the map and compares the maps. The copies are stacked sample-major (``[n * B, ...]``) and explained
 ``chunk_size`` rows per call, on the device of ``x``, with the target fixed on the clean input. Perturbations
 are drawn one sample at a time from ``key``, so the same key gives the same scores whatever ``chunk_size``; a
@@ -16,7 +16,7 @@ import torch
 
 from .._core import keys
 from .._core.batching import auto_chunk
-from .._core.checks import check_finite, check_input, check_map, check_positive_int
+from .._core.checks import check_finite, check_input, check_positive_int
 from .._core.discovery import resolve_layers
 from .._core.layers import forward_with_activations
 from .._core.targets import TargetLike, check_logits, one_per_input
@@ -108,6 +108,12 @@ def _noise(perturb, x, samples, draw):
     return perturbed
 
 
+def _needed(key, perturb):
+    if perturb is None and key is None:
+        keys.generator(None)  # the default perturbation is drawn: a key is required
+    return key
+
+
 def _flat(t):
     return t.flatten(2)
 
@@ -152,12 +158,6 @@ def local_lipschitz_estimate(model_fn, params, x: torch.Tensor, target: TargetLi
         den = _flat(xs - x[None]).norm(dim=-1)
         out.append(num / (den + 1e-10))
     return torch.cat(out).amax(0)
-
-
-def _needed(key, perturb):
-    if perturb is None and key is None:
-        keys.generator(None)  # the default perturbation is drawn: a key is required
-    return key
 
 
 def avg_sensitivity(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor, *,
@@ -264,9 +264,10 @@ def continuity(model_fn, params, x: torch.Tensor, target: TargetLike, attributio
 
 
 def _relative(a, a_ref):
-    """``(a_ref - a) / a_ref`` with zeros of ``a_ref`` replaced by epsilon_min, flattened per sample."""
+    """``(a_ref - a) / a_ref`` for samples ``a [n, B, ...]``, zeros of ``a_ref`` replaced by epsilon_min, flattened
+    per sample: ``[n, B, D]``."""
     den = a_ref + (a_ref == 0) * EPS_MIN
-    return _flat((a_ref[None] - a) / den[None] if a.ndim > a_ref.ndim else (a_ref - a) / den)
+    return _flat((a_ref[None] - a) / den[None])
 
 
 def _stability(model_fn, params, x, target, attribution, *, method, samples, radius, perturb, method_options,
@@ -394,57 +395,3 @@ def relative_representation_stability(model_fn, params, x: torch.Tensor, target:
                       perturb=perturb, method_options=method_options, key=key, chunk_size=chunk_size,
                       denominator=denominator, layers=layers)
 
-
-def _labels(amap, top, discretise):
-    flat = amap.flatten(1)
-    if callable(discretise):
-        out = discretise(amap)
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != amap.shape[0]:
-            raise ValueError(f"discretise must return a tensor [B, m] of labels for B = {amap.shape[0]} maps")
-        return out
-    if discretise == "first_sign":
-        return flat[:, :top].sign()
-    if discretise == "top_sign":
-        pos = flat.abs().argsort(dim=1, descending=True, stable=True)[:, :top].sort(1).values
-        return torch.cat([pos.to(flat.dtype), flat.gather(1, pos).sign()], 1)
-    raise ValueError(f"discretise must be 'top_sign', 'first_sign' or a callable map -> [B, m], got {discretise!r}")
-
-
-def consistency(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor, *,
-                top: int = 5, discretise="top_sign") -> torch.Tensor:
-    r"""Consistency: how often the other inputs of the batch with the same discretised explanation also get the
-    same predicted class.
-
-    .. math:: \mathrm{Con}(x_i) = \frac{|\{j \ne i : e(x_j) = e(x_i),\ f(x_j) = f(x_i)\}|}
-              {|\{j \ne i : e(x_j) = e(x_i)\}|}
-
-    Dasgupta et al., "Framework for Evaluating Faithfulness of Local Explanations", ICML 2022 (0 where no
-    other input shares the explanation). :math:`e` discretises a map: ``"top_sign"`` (default) is the set of
-    its ``top`` largest-magnitude positions with their signs; ``"first_sign"`` the signs of its first ``top``
-    entries in memory order, what Quantus 0.6's ``top_n_sign`` computes; or a callable ``map -> [B, m]``.
-    :math:`f` is the model's top-1 class. Higher is better (the paper's reading; Quantus marks it lower).
-    Scores depend on the whole batch, which is the sample the probability is estimated on. Cost: one forward
-    over ``B`` inputs; ``target`` is not used.
-
-    Returns:
-        ``[B]`` in ``[0, 1]`` (higher is better).
-
-    Example:
-        >>> g = fxai.gradient(model_fn, params, x, 3)
-        >>> con = fxai.metrics.consistency(model_fn, params, x, 3, g)
-    """
-    check_input(x)
-    check_positive_int(top, name="top")
-    if x.ndim == 4:
-        check_map(attribution, x)
-    amap = _check_attribution(attribution, x)
-    labels = _labels(amap, top, discretise)
-    with torch.no_grad():
-        logits = model_fn(params, x.clone())
-    check_logits(logits, x)
-    pred = logits.argmax(-1)
-    others = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    same_e = (labels[:, None] == labels[None]).all(-1) & others
-    same_both = same_e & (pred[:, None] == pred[None])
-    n = same_e.sum(1).to(amap.dtype)
-    return torch.where(n > 0, same_both.sum(1).to(amap.dtype) / n.clamp(min=1), torch.zeros_like(n))
