@@ -60,8 +60,8 @@ def _methods(methods):
 
 def _metrics(names, masks):
     if names is None:
-        names = list(DEFAULT_METRICS) + ([n for n, i in M.registry.METRICS.items() if i.kind == "localisation"]
-                                         if masks is not None else [])
+        names = list(DEFAULT_METRICS) + ([n for n, i in M.registry.METRICS.items() if i.kind == "localisation"
+                                          and n != "focus"] if masks is not None else [])  # focus: on mosaics
     elif names == "all":
         names = [n for n, i in M.registry.METRICS.items() if masks is not None or i.kind != "localisation"]
     rows = [M.registry.metric(n) for n in names]
@@ -147,7 +147,8 @@ def evaluate(model_fn, params, x: torch.Tensor, target=None, *, masks=None, meth
         masks: ground truth ``[N, H, W]`` for the localisation metrics.
         methods: registered method names (``None``/``"all"``: every method); the random map is always added.
         metrics: registered metric names (``None``: deletion, insertion, average sensitivity, sparseness,
-            complexity, and every localisation metric when ``masks`` are given; ``"all"``: every metric).
+            complexity, and every localisation metric but focus when ``masks`` are given; ``"all"``: every
+            metric; focus against an object's mask is its relevance mass, build mosaics for the real thing).
         seed: key of the randomised methods and metrics (batch ``b`` uses ``seed + b``).
         quick: the registry's quick settings for methods and metrics (a smoke run).
         layer: the CAM methods' layer (``None``: the default layer).
