@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 
 
 def scores(table: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str], *,
-           reference: str | None = "random", title: str | None = None, better: Mapping[str, bool | None] | None = None):
+           reference: str | None = "random", title: str | None = None, better: Mapping[str, bool | None] | None = None,
+           wrap: int = 3):
     """Bars of ``table[method][metric] = {"mean", "sem"}`` for each of ``metrics``, one panel per metric.
 
     ``reference`` names the row drawn as a dashed line across each panel (the random map) instead of a bar;
-    ``better`` maps a metric to whether higher is better, shown in the panel's title.
+    ``better`` maps a metric to whether higher is better, shown in the panel's title; ``wrap`` panels per row.
 
     Example:
         >>> table = {"gradient": {"sparseness": {"mean": 0.6, "sem": 0.02}},
@@ -27,9 +28,13 @@ def scores(table: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequ
         raise ValueError("scores: metrics must name at least one metric of the table")
     methods = [m for m in table if m != reference]
     colours = matplotlib.colormaps["tab10"].colors
-    fig = Figure(figsize=(max(3.2, 0.38 * len(methods) + 1.4) * len(metrics), 3.6), dpi=100, layout="constrained")
+    cols = max(1, min(wrap, len(metrics)))
+    rows = -(-len(metrics) // cols)
+    fig = Figure(figsize=(max(3.2, 0.3 * len(methods) + 1.4) * cols, 3.6 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
     for ax, metric in zip(axes, metrics):
         cells = [table[m].get(metric, {}) for m in methods]
         means = [c.get("mean", math.nan) for c in cells]
