@@ -31,6 +31,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--chunk-size", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model-free-only", action="store_true", help="only the localisation and complexity metrics")
     args = ap.parse_args()
     import quantus
 
@@ -103,6 +104,8 @@ def main():
     print("| metric | fxai s | Quantus s | Quantus / fxai | fxai / floor |")
     print("|---|---|---|---|---|")
     for name, (ours, theirs, fl) in cases.items():
+        if args.model_free_only:
+            break
         with torch.no_grad() if name == "consistency" else torch.enable_grad():
             t = interleaved_medians({"fxai": ours, "quantus": theirs, "floor": fl}, args.repeats)
         print(f"| {name} | {t['fxai']:.3f} | {t['quantus']:.3f} | {t['quantus'] / t['fxai']:.1f} | "

@@ -168,8 +168,8 @@ def mask_auc(attribution: torch.Tensor, mask: torch.Tensor, *, reduce: str = "su
               \big([R_p > R_q] + \tfrac12 [R_p = R_q]\big)
 
     the probability that a pixel of the mask outranks one outside (Mann–Whitney), what scikit-learn's
-    ``roc_curve`` + ``auc`` give; computed for all images at once by sorting. 0.5 is chance, higher is
-    better; ``NaN`` where the mask is empty or full. No model evaluation.
+    ``roc_curve`` + ``auc`` give: the Mann–Whitney statistic from tie-averaged ranks, for all images at once by
+    one sort. 0.5 is chance, higher is better; ``NaN`` where the mask is empty or full. No model evaluation.
 
     Returns:
         ``[B]`` in ``[0, 1]``.
@@ -178,15 +178,20 @@ def mask_auc(attribution: torch.Tensor, mask: torch.Tensor, *, reduce: str = "su
         >>> a = fxai.metrics.mask_auc(amap, masks)
     """
     amap, m = _check(attribution, mask, reduce)
-    flat, mflat = amap.flatten(1), m.flatten(1)
-    outside = torch.where(mflat, torch.full_like(flat, torch.inf), flat).sort(1).values
-    below = torch.searchsorted(outside, flat.contiguous(), side="left")
-    upto = torch.searchsorted(outside, flat.contiguous(), side="right")
-    pos = mflat.sum(1).to(flat.dtype)
-    neg = flat.shape[1] - pos
-    wins = ((below + upto).to(flat.dtype) * mflat).sum(1) / 2
-    ok = (pos > 0) & (neg > 0)
-    return torch.where(ok, wins / (pos * neg).clamp(min=1), torch.full_like(wins, torch.nan))
+    values, order = amap.flatten(1).sort(1)
+    inside = m.flatten(1).gather(1, order).long()
+    n = values.shape[1]
+    pos = torch.arange(n, device=values.device).expand_as(values)
+    differ = values[:, 1:] != values[:, :-1]
+    edge = torch.ones_like(differ[:, :1])
+    first = torch.where(torch.cat([edge, differ], 1), pos, 0).cummax(1).values         # start of each tie group
+    last = torch.where(torch.cat([differ, edge], 1), pos, n).flip(1).cummin(1).values.flip(1)
+    twice_rank_sum = ((first + last + 2) * inside).sum(1)     # 2 × the mask's sum of (1-based, tie-averaged) ranks
+    pos_n = inside.sum(1)
+    neg_n = n - pos_n
+    u = (twice_rank_sum - pos_n * (pos_n + 1)).to(amap.dtype) / 2      # Mann–Whitney U, exact in integers
+    ok = (pos_n > 0) & (neg_n > 0)
+    return torch.where(ok, u / (pos_n * neg_n).clamp(min=1).to(amap.dtype), torch.full_like(u, torch.nan))
 
 
 def _quadrants(mask, shape):
