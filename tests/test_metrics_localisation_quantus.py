@@ -115,3 +115,14 @@ def test_quantus_normalises_by_the_batch_maximum():
     assert together[1] < alone[0] == a[1].numel()
     ours = M.effective_complexity(a)
     assert ours[1] == a[1].numel() and torch.equal(M.effective_complexity(a[1:2]), ours[1:2])
+
+
+def test_quantus_weighted_attribution_localisation_depends_on_the_batch():
+    # Quantus weights by |GT| / x_batch[2:].size: a slice of images, not of pixels. The same image scores
+    # differently in a batch of 3 and of 4 (fxai does not offer the weighting).
+    x, a, mask = data("mnist")
+    metric = quantus.AttributionLocalisation(weighted=True, abs=True, normalise=False, disable_warnings=True)
+    three, four = run(metric, x[:3], a[:3], mask[:3]), run(metric, x, a, mask)
+    assert not np.isclose(three[0], four[0])
+    plain = M.attribution_localisation(a, mask)
+    torch.testing.assert_close(M.attribution_localisation(a[:3], mask[:3]), plain[:3], rtol=0, atol=0)

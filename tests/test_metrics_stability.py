@@ -227,3 +227,28 @@ def test_continuity_shifts_past_the_border_where_quantus_raises():
     gb = fxai.gradient(model_fn, params, blank, y)
     last = (a - gb).flatten(1).abs().sum(1) / ((x - blank).flatten(1).norm(dim=1) + 1e-9)
     assert (got >= last - 1e-12).all() and torch.isfinite(got).all()
+
+
+def test_quantus_relative_stability_is_nan_when_one_perturbation_changes_the_prediction():
+    # Agarwal et al. maximise over the perturbations that keep the prediction; Quantus's np.max over the samples
+    # with NaN for the others makes one changed prediction spoil the whole score.
+    net, model_fn, params, x, y = setup("hidden")
+    a = fxai.gradient(model_fn, params, x, y)
+    scales = [0.001, 0.001, 30.0]
+    d = torch.stack([torch.from_numpy(np.random.RandomState(i).uniform(-s, s, size=x.shape)) for i, s in
+                     enumerate(scales)])
+    with torch.no_grad():
+        changed = net(x + d[2]).argmax(1) != y
+    assert changed.any() and not changed.all()
+    deltas = iter(d.flatten(1).view(3, x.shape[0], -1).numpy())
+
+    def perturb_func(arr, indices, **kwargs):
+        return arr + next(deltas)
+
+    q = run_quantus(quantus.RelativeInputStability(nr_samples=3, perturb_func=perturb_func, **COMMON), net, x, y, a,
+                    model_fn, params)
+    got = M.relative_input_stability(model_fn, params, x, y, a, method=fxai.gradient, samples=3, perturb=fixed(d))
+    assert np.isnan(q[changed.numpy()]).all() and torch.isfinite(got).all()
+    kept = M.relative_input_stability(model_fn, params, x, y, a, method=fxai.gradient, samples=2, perturb=fixed(d[:2]))
+    torch.testing.assert_close(got[changed], kept[changed], rtol=0, atol=0)
+    np.testing.assert_allclose(got[~changed].numpy(), q[~changed.numpy()], rtol=1e-9)
