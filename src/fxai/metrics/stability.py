@@ -68,7 +68,7 @@ def reexplained(model_fn, params, x, target, attribution, *, method, method_opti
     options = dict(method_options or {})
     random_method = "key" not in options and keys.takes_key(method)
     gen = keys.generator(key) if random_method or key is not None else None
-    seeds = torch.randint(2**62, (samples,), generator=gen).tolist() if random_method else None
+    seeds = torch.randint(2**62, (samples,), generator=gen, device=gen.device).tolist() if random_method else None
     tgt = one_per_input(model_fn, params, x, target)
     b = x.shape[0]
     per = 1 if random_method else max(1, auto_chunk(chunk_size, x) // b)
@@ -78,11 +78,12 @@ def reexplained(model_fn, params, x, target, attribution, *, method, method_opti
         rows = xs.flatten(0, 1)
         if random_method:
             options["key"] = seeds[start]
-        maps = method(model_fn, params, rows, tgt.stacked(n), **options).detach()
-        maps = maps.view(n, b, *maps.shape[1:])
-        if maps.shape[2:] != amap.shape[1:]:
-            raise ValueError(f"method returned maps of shape {tuple(maps.shape[1:])} for the perturbed inputs "
-                             f"but attribution has shape {tuple(amap.shape)}; pass the same method's map at x")
+        maps = method(model_fn, params, rows, tgt.stacked(n), **options)
+        if not isinstance(maps, torch.Tensor) or maps.shape[0] != n * b or maps.shape[1:] != amap.shape[1:]:
+            got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+            raise ValueError(f"method returned {got} for {n * b} perturbed inputs but attribution has shape "
+                             f"{tuple(amap.shape)}; pass the same method's map at x")
+        maps = maps.detach().reshape(n, b, *maps.shape[1:])
         logits = acts = None
         if forward or layers:
             with torch.no_grad():
