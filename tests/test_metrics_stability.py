@@ -122,8 +122,9 @@ def test_continuity_equals_quantus(case):
     np.testing.assert_allclose(got.numpy(), q, rtol=1e-9)
 
 
-def test_consistency_equals_quantus_with_its_discretisation():
-    net, model_fn, params, x, y = setup("mnist")
+@pytest.mark.parametrize("case", list(CASES))
+def test_consistency_equals_quantus_with_its_discretisation(case):
+    net, model_fn, params, x, y = setup(case)
     x = torch.cat([x, x.flip(0), x[:2]])  # repeated inputs share explanations and predictions
     y = net(x).argmax(1)
     a = fxai.gradient(model_fn, params, x, y)
