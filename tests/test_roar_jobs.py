@@ -92,6 +92,7 @@ def _accuracies(out):
     return {k: r["accuracy"] for k, r in jobs.read_results(os.path.join(out, "grid")).items()}
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_the_grid(tmp_path, monkeypatch):
     """This process and another one take jobs from the same grid at the same time."""
     out = tmp_path / "run"
@@ -120,6 +121,7 @@ def test_two_worker_processes_share_the_grid(tmp_path, monkeypatch):
     assert not os.listdir(out / "grid" / "claims")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_resumed_to_the_same_results(tmp_path):
     ref = tmp_path / "ref"
     pipeline.prepare(str(ref), TINY, progress=False, log=lambda s: None)
@@ -143,6 +145,7 @@ def test_a_killed_worker_is_resumed_to_the_same_results(tmp_path):
     assert report["finished"] == 6 and not report["errors"]
 
 
+@pytest.mark.slow
 def test_torchrun_data_parallel_worker(tmp_path):
     out = tmp_path / "ddp"
     pipeline.prepare(str(out), TINY, progress=False, log=lambda s: None)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .eager import eager
 from .functional import FunctionalModel, SplitModel
 
 
@@ -66,7 +67,7 @@ def _before_last_attention(events, calls) -> str | None:
     return None
 
 
-@torch.compiler.disable  # a discovery step that returns Python data: run eagerly, also inside torch.compile
+@eager  # a discovery step that returns Python data: run eagerly, also inside torch.compile
 def _trace(model_fn: FunctionalModel, params, x: torch.Tensor):
     """Dry run of ``x[:1]`` with scoped hooks on every submodule: ``(events, calls)``.
 

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from .._core.eager import eager
+
 _LINEAR = (F.linear, F.conv1d, F.conv2d, F.conv3d)
 
 
@@ -69,7 +71,7 @@ class _Recorder(TorchFunctionMode):
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {(model_fn id, names, shape): pairs}
 
 
-@torch.compiler.disable
+@eager
 def batchnorm_pairs(model_fn, params, x) -> list[tuple]:
     """``(weight, bias or None, bn mean, bn var, bn weight or None, bn bias or None, eps)`` parameter names of each
     BatchNorm that follows a linear layer called once whose output nothing else uses, found by one forward on the
