@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .checks import unknown_name
 from .eager import eager
 from .functional import FunctionalModel, SplitModel
 
@@ -135,8 +136,10 @@ def resolve_layers(model_fn, layer: str | Sequence[str] | None, *, name: str = "
     for n in layers:
         if n not in known or not n:
             names = layer_names(model_fn.module)
-            shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
-            raise ValueError(f"{name}: unknown layer {n!r}; available layers: {shown}")
+            children = [c for c, _ in model_fn.module.named_children()]
+            listing = (f"the model's top-level layers: {', '.join(children)} ({len(names)} layers in all, "
+                       "dotted names below them)")
+            raise ValueError(f"{name}: " + unknown_name("layer", n, names, listing=listing))
     if len(set(layers)) != len(layers):
         raise ValueError(f"{name}: a layer is listed twice in {layers!r}")
     return layers
