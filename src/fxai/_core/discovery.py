@@ -87,7 +87,7 @@ def _trace(model_fn: FunctionalModel, params, x: torch.Tensor):
         for name, mod in model_fn.skeleton.named_modules():
             if name:
                 handles.append(mod.register_forward_hook(make(name, mod)))
-        _dry_run(model_fn, params, x[:1])
+        dry_run(model_fn, params, x[:1])
     finally:
         for h in handles:
             h.remove()
@@ -145,7 +145,7 @@ def resolve_layers(model_fn, layer: str | Sequence[str] | None, *, name: str = "
     return layers
 
 
-def _dry_run(model_fn, params, x: torch.Tensor):
+def dry_run(model_fn, params, x: torch.Tensor):
     """``model_fn(params, x)`` on the ``meta`` device (shapes only), or on ``x`` itself if meta fails."""
     meta = {k: torch.empty_like(v, device="meta") for k, v in params.items()}
     try:
