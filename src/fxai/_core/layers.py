@@ -4,7 +4,7 @@ A zero ``delta`` is added to the layer's output inside the forward (a tap, see
 :mod:`fxai._core.taps`); the gradient of the scores w.r.t. ``delta`` is the
 gradient w.r.t. the activation (the ``perturb`` trick of Flax). This module runs
 taps in chunks; :mod:`fxai._core.discovery` finds and checks layer names, and
-:mod:`fxai.grids` reads layer outputs as spatial grids.
+:mod:`fxai._core.grids` reads layer outputs as spatial grids.
 """
 
 from __future__ import annotations

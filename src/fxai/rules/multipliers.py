@@ -18,7 +18,7 @@ the map then reaches ``x`` and the params through the plain forward's graph.
 Without a plain forward both copies are the same tensor.
 
 :func:`replay_rules` gives the rules by op name for
-:class:`fxai._core.engine.Replayer`.
+:class:`fxai.rules.engine.Replayer`.
 """
 
 from __future__ import annotations
@@ -142,12 +142,12 @@ class Signs:
             return None
         return entry[2], entry[3]
 
-    def observe(self, func, args, kwargs):
+    def observe(self, func, args, kwargs, out=None):
         if args and isinstance(args[0], torch.Tensor) and O.is_inplace(func):
             self.parts.pop(id(args[0]), None)
-        out = kwargs.get("out")
-        if isinstance(out, torch.Tensor):
-            self.parts.pop(id(out), None)
+        written = kwargs.get("out")
+        if isinstance(written, torch.Tensor):
+            self.parts.pop(id(written), None)
 
 
 def _split(delta):
@@ -246,7 +246,7 @@ def truth_rules(rule: str, record: list, signs: Signs | None = None) -> dict:
 
 
 def inplace_copier(quiet: bool, signs: Signs | None):
-    """What an in-place op hands its rule (see :class:`fxai._core.engine.Intercept`): a copy of the operand, which
+    """What an in-place op hands its rule (see :class:`fxai.rules.engine.Intercept`): a copy of the operand, which
     keeps RevealCancel's parts; the operand itself for the quiet Rescale rule, which saves no input."""
     elementwise = set(O.ELEMENTWISE)
 
