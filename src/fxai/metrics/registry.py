@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .._core.checks import unknown_name
 from .complexity import complexity, sparseness
 from .localisation import pointing_game, relevance_mass, relevance_rank
 from .perturbation import deletion, insertion, lerf, morf, selectivity
@@ -102,5 +103,5 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in _ALL}
 def metric(name: str) -> MetricInfo:
     """The row of the metric called ``name``; an unknown name gets an error listing the known ones."""
     if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; available metrics: {', '.join(METRICS)}")
+        raise ValueError(unknown_name("metric", name, METRICS))
     return METRICS[name]

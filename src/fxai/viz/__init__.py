@@ -1,7 +1,9 @@
 """Figures: heat maps over images, grids of maps, metric curves, score bars, concept figures.
 
     >>> from fxai import viz
-    >>> viz.save(viz.grid(images[:4], {"IG": heat[:4]}, masks=masks[:4]), "grid.png")
+    >>> fig = viz.grid(x, {"gradient": amap.abs().sum(1)}, masks=masks)   # then viz.save(fig, "grid.png")
+    >>> type(fig).__name__
+    'Figure'
 """
 
 from .maps import ORIGINS as ORIGINS
