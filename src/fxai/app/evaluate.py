@@ -21,6 +21,7 @@ from .. import metrics as M
 from .. import registry, viz
 from .._core import keys
 from .._core.batching import reporting
+from .._core.checks import unknown_name
 from .._core.discovery import resolve_layers
 from .._core.files import write_json, write_text
 
@@ -367,10 +368,10 @@ def run(args) -> int:
     methods, metrics = split(args.methods), split(args.metrics)
     for name in [] if methods == "all" else methods:
         if name not in registry.METHODS:
-            raise UsageError(f"unknown method {name!r} in --methods; available: {', '.join(registry.METHODS)}")
+            raise UsageError("--methods: " + unknown_name("method", name, registry.METHODS))
     for name in [] if metrics in (None, "all") else metrics:
         if name not in M.registry.METRICS:
-            raise UsageError(f"unknown metric {name!r} in --metrics; available: {', '.join(M.registry.METRICS)}")
+            raise UsageError("--metrics: " + unknown_name("metric", name, M.registry.METRICS))
     module, prep = _model(args, device, bool(args.synthetic))
     masks = target = None
     if args.synthetic:
