@@ -31,6 +31,13 @@ from .road import road as road
 from .road import road_combined as road_combined
 from .robustness import infidelity as infidelity
 from .robustness import max_sensitivity as max_sensitivity
+from .stability import local_lipschitz_estimate as local_lipschitz_estimate
+from .stability import avg_sensitivity as avg_sensitivity
+from .stability import continuity as continuity
+from .consistency import consistency as consistency
+from .stability import relative_input_stability as relative_input_stability
+from .stability import relative_output_stability as relative_output_stability
+from .stability import relative_representation_stability as relative_representation_stability
 from .randomisation import randomisation as randomisation
 from .randomisation import randomised_params as randomised_params
 from .randomisation import layer_order as layer_order
@@ -39,8 +46,14 @@ from .randomisation import ssim as ssim
 from .localisation import pointing_game as pointing_game
 from .localisation import relevance_mass as relevance_mass
 from .localisation import relevance_rank as relevance_rank
+from .localisation import top_k_intersection as top_k_intersection
+from .localisation import attribution_localisation as attribution_localisation
+from .localisation import mask_auc as mask_auc
+from .localisation import focus as focus
+from .localisation import mosaics as mosaics
 from .complexity import sparseness as sparseness
 from .complexity import complexity as complexity
+from .complexity import effective_complexity as effective_complexity
 from .features import feature_map as feature_map
 from .features import feature_order as feature_order
 from .features import fill_values as fill_values
@@ -98,19 +111,28 @@ __all__ = [
     "sufficiency",
     "Imputer",
     "aopc",
+    "attribution_localisation",
     "auc",
+    "avg_sensitivity",
     "blur",
     "bottom_mask",
     "channel_mean",
     "complexity",
+    "consistency",
     "constant",
+    "continuity",
     "deletion",
+    "effective_complexity",
+    "focus",
     "infidelity",
     "insertion",
     "layer_order",
     "lerf",
+    "local_lipschitz_estimate",
+    "mask_auc",
     "max_sensitivity",
     "morf",
+    "mosaics",
     "noisy_linear",
     "perturbation_curve",
     "pointing_game",
@@ -119,6 +141,9 @@ __all__ = [
     "ranking",
     "relevance_map",
     "registry",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
     "relevance_mass",
     "relevance_rank",
     "road",
@@ -127,6 +152,7 @@ __all__ = [
     "sparseness",
     "spearman",
     "ssim",
+    "top_k_intersection",
     "top_mask",
     "uniform_noise",
 ]

@@ -117,7 +117,7 @@ def faithfulness_correlation(model_fn, params, x: torch.Tensor, target: TargetLi
 
 
 def sensitivity_n(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor, *,
-                  ns: Sequence[int], samples: int = 100, baseline="black", absolute: bool = False,
+                  ns: Sequence[int] | None = None, samples: int = 100, baseline="black", absolute: bool = False,
                   softmax: bool = False, key=None, chunk_size: int | None = None) -> torch.Tensor:
     r"""Sensitivity-n: for each subset size ``n``, the Pearson correlation over random subsets of ``n`` features
     of their total relevance with the score drop their removal causes.
@@ -131,7 +131,8 @@ def sensitivity_n(model_fn, params, x: torch.Tensor, target: TargetLike, attribu
     each ``n`` are drawn from ``key`` in turn. Cost: ``len(ns) · samples + 1`` forward passes per input.
 
     Args:
-        ns: subset sizes (numbers of features, elements of ``x``), each in ``[1, N]``.
+        ns: subset sizes (numbers of features, elements of ``x``), each in ``[1, N]``; default
+            ``N/1000, N/100, N/10`` (at least 1).
         samples: random subsets per size.
         (others as :func:`faithfulness_correlation`)
 
@@ -144,7 +145,8 @@ def sensitivity_n(model_fn, params, x: torch.Tensor, target: TargetLike, attribu
     """
     a, fn, tgt, y, chunk_size = _setup(model_fn, params, x, target, attribution, softmax, chunk_size, absolute)
     check_positive_int(samples, name="samples")
-    ns = [int(n) for n in ns]
+    n_all = a.shape[1]
+    ns = [max(1, n_all // d) for d in (1000, 100, 10)] if ns is None else [int(n) for n in ns]
     if not ns or any(not 1 <= n <= a.shape[1] for n in ns):
         raise ValueError(f"ns must be a non-empty sequence of subset sizes in [1, {a.shape[1]}], got {ns!r}")
     gen = keys.generator(key)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .._core.checks import unknown_name
 from .axiomatic import completeness, input_invariance, non_sensitivity
 from .complexity import complexity, sparseness
 from .faithfulness import (faithfulness_correlation, faithfulness_estimate, monotonicity, monotonicity_correlation,
@@ -30,6 +31,11 @@ from .randomisation import random_logit, randomisation
 from .regions import irof, region_perturbation
 from .road import road
 from .robustness import infidelity, max_sensitivity
+from .complexity import effective_complexity
+from .localisation import attribution_localisation, focus, mask_auc, top_k_intersection
+from .consistency import consistency
+from .stability import (avg_sensitivity, continuity, local_lipschitz_estimate,
+                        relative_input_stability, relative_output_stability, relative_representation_stability)
 
 KINDS = ("model", "localisation", "complexity")
 OUTPUTS = ("score", "curve", "stages")
@@ -96,6 +102,24 @@ _ALL = [
     MetricInfo("relevance_rank", relevance_rank, "localisation", higher_is_better=True),
     MetricInfo("sparseness", sparseness, "complexity", higher_is_better=True),
     MetricInfo("complexity", complexity, "complexity", higher_is_better=False),
+    # robustness: re-explain perturbed inputs (but consistency)
+    MetricInfo("local_lipschitz_estimate", local_lipschitz_estimate, "model", "score", False, needs=("method",),
+               quick={"samples": 3}),
+    MetricInfo("avg_sensitivity", avg_sensitivity, "model", "score", False, needs=("method",), quick={"samples": 3}),
+    MetricInfo("continuity", continuity, "model", "score", False, needs=("method",), quick={"steps": 3}),
+    MetricInfo("relative_input_stability", relative_input_stability, "model", "score", False, needs=("method",),
+               quick={"samples": 3, "radius": 0.001}),
+    MetricInfo("relative_output_stability", relative_output_stability, "model", "score", False,
+               needs=("method",), quick={"samples": 3, "radius": 0.001}),
+    MetricInfo("relative_representation_stability", relative_representation_stability, "model", "score", False,
+               needs=("method",), quick={"samples": 3, "radius": 0.001}),
+    MetricInfo("consistency", consistency, "model", "score", True),
+    # localisation and complexity
+    MetricInfo("top_k_intersection", top_k_intersection, "localisation", higher_is_better=True, quick={"k": 20}),
+    MetricInfo("attribution_localisation", attribution_localisation, "localisation", higher_is_better=True),
+    MetricInfo("mask_auc", mask_auc, "localisation", higher_is_better=True),
+    MetricInfo("focus", focus, "localisation", higher_is_better=True),
+    MetricInfo("effective_complexity", effective_complexity, "complexity", higher_is_better=False),
 ]
 
 METRICS: dict[str, MetricInfo] = {m.name: m for m in _ALL}
@@ -104,5 +128,5 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in _ALL}
 def metric(name: str) -> MetricInfo:
     """The row of the metric called ``name``; an unknown name gets an error listing the known ones."""
     if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; available metrics: {', '.join(METRICS)}")
+        raise ValueError(unknown_name("metric", name, METRICS))
     return METRICS[name]
