@@ -27,26 +27,8 @@ from .._core.files import write_json, write_text
 
 RANDOM = "random"
 FLAG = "†"
-ROBUSTNESS = {"infidelity", "max_sensitivity", "local_lipschitz_estimate", "avg_sensitivity", "continuity",
-              "consistency", "relative_input_stability", "relative_output_stability",
-              "relative_representation_stability"}
-RANDOMISATION = {"randomisation", "random_logit", "smooth_mprt", "efficient_mprt"}
-AXIOMATIC = {"completeness", "non_sensitivity", "input_invariance"}
 # Cheap, informative defaults; localisation metrics join when masks are given.
 DEFAULT_METRICS = ("deletion", "insertion", "avg_sensitivity", "sparseness", "complexity")
-
-
-def family(name: str) -> str:
-    """The family of a registered metric: robustness, randomisation, axiomatic, localisation, complexity or
-    faithfulness."""
-    info = M.registry.metric(name)
-    if info.kind in ("localisation", "complexity"):
-        return info.kind
-    if name in ROBUSTNESS:
-        return "robustness"
-    if name in AXIOMATIC:
-        return "axiomatic"
-    return "randomisation" if name in RANDOMISATION else "faithfulness"
 
 
 def random_map(model_fn, params, x: torch.Tensor, target, *, key) -> torch.Tensor:
@@ -251,7 +233,7 @@ def evaluate(model_fn, params, x: torch.Tensor, target=None, *, masks=None, meth
 def table(scores: dict, methods: list[str], metrics: list[str]) -> dict:
     """The table of per-image ``scores[method][metric]``: mean ± standard error, flagged against the random map."""
     rows = {m: {k: summary(scores[m][k]) for k in metrics if k in scores.get(m, {})} for m in methods}
-    info = {k: {"family": family(k), "higher_is_better": M.registry.metric(k).higher_is_better} for k in metrics}
+    info = {k: {"family": M.registry.metric(k).family, "higher_is_better": M.registry.metric(k).higher_is_better} for k in metrics}
     for m in methods:
         for k, cell in rows[m].items():
             cell["no_better_than_random"] = m != RANDOM and _no_better(cell, rows.get(RANDOM, {}).get(k),
