@@ -74,6 +74,7 @@ def _png(path) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+@pytest.mark.slow
 def test_explain_torchvision_model_with_weights_file(files):
     methods = ["gradient", "integrated_gradients", "grad_cam"]
     images = ["rgb.png", "palette.png"]
@@ -114,6 +115,7 @@ def test_explain_torchvision_model_with_weights_file(files):
     assert grid.shape[0] > 4 * 100 and grid.std() > 10
 
 
+@pytest.mark.slow
 def test_explain_own_model_keep_size(files):
     proc = _run(["explain", "rgb.png", "gray.png", "rgba.png", "palette.png", "--model", "mymodels:tiny", "--keep-size",
                  "--method", "gradient,guided_backprop", "--target", "1", "--sign", "all", "--out", "out2"], files)
@@ -124,6 +126,7 @@ def test_explain_own_model_keep_size(files):
             assert torch.load(files / "out2" / f"{stem}_{method}.pt").shape == (3, *size)
 
 
+@pytest.mark.slow
 def test_explain_concepts(files):
     # --concepts K: Deep Feature Factorization of all the images at the CAM layer, named by the head.
     proc = _run(["explain", "rgb.png", "gray.png", "rgba.png", "--model", "mymodels:tiny", "--method", "grad_cam",
@@ -375,6 +378,7 @@ def test_pickled_model_as_weights_names_the_cause_and_no_unsafe_advice(files, mo
     assert "state_dict()" in err and "weights_only=False" not in err and not err.rstrip().endswith("...")
 
 
+@pytest.mark.slow
 def test_model_from_the_current_folder_and_from_a_file_path(tmp_path):
     """The README's `--model mypackage.models:make_net` from the folder holding mypackage, and a .py path."""
     (tmp_path / "mypackage").mkdir()
@@ -392,6 +396,7 @@ def test_model_from_the_current_folder_and_from_a_file_path(tmp_path):
         assert (tmp_path / "o" / "scan_gradient.pt").exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m_fxai_and_debug_in_each_help(capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "fxai", "explain", "--help"], capture_output=True, text=True, env=env,

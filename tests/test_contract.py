@@ -289,3 +289,14 @@ def test_compiled_model_fn_as_model_fn(name, tiny_input):
     for target in (TARGETS, torch.tensor([[0, 1], [2, 3], [4, 0]])):
         assert_maps_close(call(info, compiled_fn, params, tiny_input, target),
                           call(info, model_fn, params, tiny_input, target), rtol=1e-5)
+
+
+def test_fxai_compiled_passes_an_option_called_method(tiny_input):
+    """``compiled``'s own parameters are positional-only, so IG's ``method=`` option reaches IG."""
+    model = make_tiny_cnn()
+    model_fn, params = fxai.functional(model)
+    torch._dynamo.reset()
+    fn = fxai.compiled(fxai.integrated_gradients, model, backend="eager", steps=4, method="riemann_left")
+    want = fxai.integrated_gradients(model_fn, params, tiny_input, TARGETS, steps=4, method="riemann_left")
+    assert_maps_close(fn(tiny_input, TARGETS), want, rtol=1e-5)
+    assert not torch.allclose(want, fxai.integrated_gradients(model_fn, params, tiny_input, TARGETS, steps=4))

@@ -18,13 +18,13 @@ from torch import nn
 
 import fxai
 from fxai import data, metrics, postprocess, registry, viz
-from fxai.app import loading
+from fxai.app import evaluate, loading
 from fxai._core import discovery, docs, functional, layers, targets
 from fxai.rules import relu as rules
 from fxai.attribution import cam_driver, cam_variants, integrated
 from fxai.metrics import registry as metric_registry
 
-MODULES = [fxai, metrics, postprocess, viz, registry, metric_registry, data, loading, fxai._core.grids, cam_driver,
+MODULES = [fxai, metrics, postprocess, viz, registry, metric_registry, data, loading, evaluate, fxai._core.grids, cam_driver,
            cam_variants,
            integrated, discovery, docs, functional, layers, rules, targets]
 

@@ -64,7 +64,7 @@ def test_resolve_and_default_layers(tiny_input):
     model_fn, params = fxai.functional(module)
     assert default_layer(model_fn, params, tiny_input) == "layer4"
     assert resolve_layers(model_fn, None, params=params, x=tiny_input) == ["layer4"]
-    with pytest.raises(ValueError, match="unknown layer 'nope'; available layers: conv1, bn1"):
+    with pytest.raises(ValueError, match="unknown layer 'nope'; the model's top-level layers: conv1, bn1"):
         resolve_layers(model_fn, "nope")
     with pytest.raises(ValueError, match="listed twice"):
         resolve_layers(model_fn, ["conv1", "conv1"])

@@ -20,6 +20,12 @@ TARGETS = torch.tensor([0, 4, 2])
 # (infidelity, max-sensitivity) or a removal fill (the noisy imputers of MoRF/LeRF and ROAD) for the batch as a
 # whole, so that a batch and its single rows draw different numbers from one key.
 BATCH_DRAWS = {"infidelity", "max_sensitivity", "morf", "lerf", "road"}
+BATCH_DRAWS |= {"local_lipschitz_estimate", "avg_sensitivity", "relative_input_stability",
+                "relative_output_stability", "relative_representation_stability"}
+# Random subsets, fill values and off classes, likewise drawn for the whole batch.
+BATCH_DRAWS |= {"faithfulness_correlation", "sensitivity_n", "monotonicity_correlation", "random_logit", "smooth_mprt"}
+# Scores that compare the inputs of a batch with each other.
+BATCH_COUPLED = {"consistency", "sufficiency"}
 
 
 @pytest.fixture(params=list(METRICS), ids=list(METRICS))
@@ -69,7 +75,8 @@ def test_same_key_same_scores(info, setup):
     torch.testing.assert_close(score(info, model_fn, params, x, TARGETS, amap, key=5), first, rtol=0, atol=0)
     if info.randomised:
         opts = dict(info.quick, **({"method": fxai.gradient} if "method" in info.needs else {}))
-        if info.name in {"infidelity", "max_sensitivity", "randomisation"}:
+        if info.name in {"infidelity", "max_sensitivity", "randomisation", "efficient_mprt"} | BATCH_DRAWS \
+                - {"morf", "lerf", "road"}:
             with pytest.raises(TypeError, match="key"):
                 info.fn(model_fn, params, x, TARGETS, amap, **opts)
 
@@ -77,6 +84,8 @@ def test_same_key_same_scores(info, setup):
 def test_batch_equals_single_calls(info, setup):
     if info.name in BATCH_DRAWS:
         pytest.skip("draws its perturbations for the batch as a whole; covered by the key test")
+    if info.name in BATCH_COUPLED:
+        pytest.skip("compares the inputs of the batch with each other")
     _, model_fn, params, x, amap = setup
     out = score(info, model_fn, params, x, TARGETS, amap)
     for i in range(B):

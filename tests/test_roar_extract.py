@@ -197,6 +197,7 @@ def test_killed_extraction_resumes_to_the_same_bytes(tmp_path):
     assert not [f for f in os.listdir(tmp_path / "cut") if ".tmp" in f]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_byte_for_byte(tmp_path):
     method = "smoothgrad_sq(gradient)"
     _reference(tmp_path / "one", method, 11)

@@ -61,6 +61,7 @@ def test_written_report(tmp_path):
     assert data["finished"] == len(RESULTS) and summary["errors"] == {"e": "RuntimeError: boom"}
 
 
+@pytest.mark.slow
 def test_cli_roar_runs_a_small_grid_and_extract(tmp_path, capsys):
     out = str(tmp_path / "run")
     status = cli.main(["roar", "--quick", "--out", out, "--methods", "gradient,random", "--modes", "roar",

@@ -115,6 +115,7 @@ def _hf_folder(path, processor=None):
     return model, processor
 
 
+@pytest.mark.slow
 def test_hf_folder_cli_subprocess(png, tmp_path):
     """``fxai explain`` as a real process on a real PNG and a from_pretrained folder: the model's ModelOutput is
     read for its logits, the processor's resize and statistics are used, the class names come from id2label."""

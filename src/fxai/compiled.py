@@ -24,7 +24,7 @@ class _Explainer(nn.Module):
         return self.method(self.model_fn, params, x, target, **self.options)
 
 
-def compiled(method, module: nn.Module, *, output=None, freeze: bool = True, channels_last: bool = True,
+def compiled(method, module: nn.Module, /, *, output=None, freeze: bool = True, channels_last: bool = True,
              backend: str = "inductor", **options):
     r"""``method`` compiled by ``torch.compile`` for a module's weights as they are now: ``fn(x, target) -> map``.
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ._core.checks import unknown_name
 from .attribution import class_activation, full_grad, gradient, gradient_cams, guided, integrated, masked_cams, masks
 from .attribution import deeplift, lrp, smooth
 from .attribution import cam_variants
@@ -141,8 +142,8 @@ TRANSFORMS: dict[str, MethodInfo] = {m.name: m for m in _ALL if m.kind == "trans
 def method(name: str) -> MethodInfo:
     """The row of the method or transform called ``name``; an unknown name gets an error listing the known ones."""
     if name not in ENTRIES:
-        raise ValueError(f"unknown method {name!r}; available methods: {', '.join(METHODS)}; "
-                         f"transforms: {', '.join(TRANSFORMS)}")
+        raise ValueError(unknown_name("method", name, ENTRIES, listing=f"available methods: {', '.join(METHODS)}; "
+                                                                       f"transforms: {', '.join(TRANSFORMS)}"))
     return ENTRIES[name]
 
 

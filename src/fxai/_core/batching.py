@@ -73,7 +73,8 @@ def row_chunks(rows: int, chunk_size: int | None, group: int = 1):
             report(b, rows)
 
 
-def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+def cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The chunks of rows ``parts`` as one tensor (no copy for a single chunk)."""
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -84,7 +85,7 @@ def scores(model_fn, params, xs: torch.Tensor, target: Target, *, chunk_size: in
         logits = model_fn(params, xs[a:b].clone())  # a copy: a model may write into its input
         check_logits(logits, xs[a:b])
         parts.append(target.scores(logits, a))
-    return _cat(parts)
+    return cat_rows(parts)
 
 
 def plain_autograd() -> bool:
@@ -169,7 +170,7 @@ def input_gradients(model_fn, params, xs: torch.Tensor, target: Target, *,
 
         (g,), _, _ = score_gradients(score, (xs[a:b],), also=params, multi=target.multi)
         parts.append(g)
-    return _cat(parts)
+    return cat_rows(parts)
 
 
 def unstack(rows: torch.Tensor, repeats: int) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -92,3 +94,34 @@ def check_map(attribution, x, *, name: str = "attribution") -> None:
                          f"{x.shape[-2]}, {x.shape[-1]} (those of x); got {tuple(attribution.shape)}. "
                          "Upsample low-resolution maps first (fxai.postprocess.upsample)")
     check_finite(attribution, name=name)
+
+
+def closest(given: str, known: Iterable[str], *, n: int = 3) -> list[str]:
+    """The names in ``known`` closest to ``given``, best first, at most ``n``: difflib's close matches, then the
+    names that contain ``given`` or abbreviate to it (its letters in order, e.g. ``intgrad``)."""
+    known = list(dict.fromkeys(known))
+    close = difflib.get_close_matches(given, known, n=n, cutoff=0.6)
+    lowered = given.lower()
+
+    def abbreviates(name):
+        rest = iter(name.lower())
+        return all(c in rest for c in lowered)
+
+    close += [k for k in known if lowered and k not in close and (lowered in k.lower() or abbreviates(k))]
+    return close[:n]
+
+
+def unknown_name(what: str, given: str, known: Iterable[str], *, listing: str | None = None) -> str:
+    """The message for a ``what`` called ``given`` that is not among ``known``: the closest names first, then
+    ``listing`` (default: every known name), e.g. ``unknown method 'intgrad'; did you mean 'integrated_gradients'?
+    available methods (27): ...``."""
+    known = list(dict.fromkeys(known))
+    close = closest(given, known)
+    text = f"unknown {what} {given!r}"
+    if close:
+        quoted = [repr(c) for c in close]
+        text += "; did you mean " + (f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else quoted[0]) + "?"
+    if listing is None:
+        listing = f"available {what}s ({len(known)}): " + ", ".join(known)
+    return f"{text} {listing}" if close else f"{text}; {listing}"
+

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .checks import unknown_name
+from .eager import eager
 from .functional import FunctionalModel, SplitModel
 
 
@@ -66,7 +68,7 @@ def _before_last_attention(events, calls) -> str | None:
     return None
 
 
-@torch.compiler.disable  # a discovery step that returns Python data: run eagerly, also inside torch.compile
+@eager  # a discovery step that returns Python data: run eagerly, also inside torch.compile
 def _trace(model_fn: FunctionalModel, params, x: torch.Tensor):
     """Dry run of ``x[:1]`` with scoped hooks on every submodule: ``(events, calls)``.
 
@@ -85,7 +87,7 @@ def _trace(model_fn: FunctionalModel, params, x: torch.Tensor):
         for name, mod in model_fn.skeleton.named_modules():
             if name:
                 handles.append(mod.register_forward_hook(make(name, mod)))
-        _dry_run(model_fn, params, x[:1])
+        dry_run(model_fn, params, x[:1])
     finally:
         for h in handles:
             h.remove()
@@ -134,14 +136,16 @@ def resolve_layers(model_fn, layer: str | Sequence[str] | None, *, name: str = "
     for n in layers:
         if n not in known or not n:
             names = layer_names(model_fn.module)
-            shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
-            raise ValueError(f"{name}: unknown layer {n!r}; available layers: {shown}")
+            children = [c for c, _ in model_fn.module.named_children()]
+            listing = (f"the model's top-level layers: {', '.join(children)} ({len(names)} layers in all, "
+                       "dotted names below them)")
+            raise ValueError(f"{name}: " + unknown_name("layer", n, names, listing=listing))
     if len(set(layers)) != len(layers):
         raise ValueError(f"{name}: a layer is listed twice in {layers!r}")
     return layers
 
 
-def _dry_run(model_fn, params, x: torch.Tensor):
+def dry_run(model_fn, params, x: torch.Tensor):
     """``model_fn(params, x)`` on the ``meta`` device (shapes only), or on ``x`` itself if meta fails."""
     meta = {k: torch.empty_like(v, device="meta") for k, v in params.items()}
     try:

@@ -4,15 +4,15 @@ A zero ``delta`` is added to the layer's output inside the forward (a tap, see
 :mod:`fxai._core.taps`); the gradient of the scores w.r.t. ``delta`` is the
 gradient w.r.t. the activation (the ``perturb`` trick of Flax). This module runs
 taps in chunks; :mod:`fxai._core.discovery` finds and checks layer names, and
-:mod:`fxai.grids` reads layer outputs as spatial grids.
+:mod:`fxai._core.grids` reads layer outputs as spatial grids.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .batching import _cat, backward, detached, needs_graph, plain_autograd, row_chunks, score_gradients
-from .discovery import _dry_run
+from .batching import cat_rows, backward, detached, needs_graph, plain_autograd, row_chunks, score_gradients
+from .discovery import dry_run
 from .functional import SplitModel
 from .targets import Target, check_logits
 from .taps import module_tap
@@ -34,7 +34,7 @@ def tapped(model_fn, layers: list[str]):
 def activation_shapes(model_fn, params, x: torch.Tensor, layers: list[str]) -> list[torch.Size]:
     """Shapes of the layers' activations for input ``x``, from a dry run on the ``meta`` device."""
     fn = tapped(model_fn, layers)
-    _, acts = _dry_run(lambda p, rows: fn(p, rows), params, x)
+    _, acts = dry_run(lambda p, rows: fn(p, rows), params, x)
     return [a.shape for a in acts]
 
 
@@ -89,10 +89,10 @@ def layer_and_input_gradients(model_fn, params, x: torch.Tensor, target: Target,
         grads_all.append(grads[:n])
         xgrads_all.append(grads[n] if wrt_input else None)
         scores_all.append(s_aux)
-    acts = [_cat([c[i] for c in acts_all]) for i in range(n)]
-    grads = [_cat([c[i] for c in grads_all]) for i in range(n)]
-    xgrad = _cat(xgrads_all) if wrt_input else None
-    return acts, grads, _cat(scores_all), xgrad
+    acts = [cat_rows([c[i] for c in acts_all]) for i in range(n)]
+    grads = [cat_rows([c[i] for c in grads_all]) for i in range(n)]
+    xgrad = cat_rows(xgrads_all) if wrt_input else None
+    return acts, grads, cat_rows(scores_all), xgrad
 
 
 def forward_with_activations(model_fn, params, x: torch.Tensor, layers: list[str]):

@@ -22,6 +22,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .eager import eager
+
 
 def _placeholder(t: torch.Tensor) -> torch.Tensor:
     meta = torch.empty_like(t, device="meta")
@@ -115,6 +117,6 @@ class ThreadCopies:
         return store[key]
 
 
-@torch.compiler.disable  # a copy is plain Python; inside torch.compile it runs eagerly
+@eager  # a copy is plain Python; inside torch.compile it runs eagerly
 def _copy(master: nn.Module) -> nn.Module:
     return copy_skeleton(master)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .batching import _cat, unstack
+from .batching import cat_rows, unstack
 from .layers import forward_with_activations
 from .targets import Target, TargetLike, as_target, check_logits, probabilities
 
@@ -39,5 +39,5 @@ def rows_of(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
 
 def per_input(parts: list[torch.Tensor], batch: int) -> torch.Tensor:
     """Row scores of consecutive chunks, ``[R * B, ...]`` in all, as ``[R, B, ...]``."""
-    rows = _cat(parts)
+    rows = cat_rows(parts)
     return unstack(rows, rows.shape[0] // batch)

@@ -20,7 +20,7 @@ from torch.func import functional_call
 
 from .functional import FunctionalModel, SplitModel
 from .outputs import pick
-from .taps import _forget_source, _inject
+from .taps import forget_source, inject_delta
 
 _CUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a thread's tapped graph -> {side: graph or None}
 
@@ -29,7 +29,7 @@ def _bound(gm: fx.GraphModule, graph: fx.Graph, name: str) -> fx.GraphModule:
     """``graph`` (nodes of ``gm``'s) made a module over ``gm``'s submodules, its source released with it."""
     graph.lint()
     cut = fx.GraphModule(gm, graph, class_name=f"{name}{type(gm).__name__}")
-    weakref.finalize(cut, _forget_source, type(cut).forward.__code__.co_filename)
+    weakref.finalize(cut, forget_source, type(cut).forward.__code__.co_filename)
     return cut
 
 
@@ -40,7 +40,7 @@ def _pruned(graph: fx.Graph, gm: fx.GraphModule) -> None:
 
 
 def _inject_node(graph: fx.Graph, layer: str) -> fx.Node:
-    (inject,) = [n for n in graph.nodes if n.op == "call_function" and n.target is _inject and n.args[3] == layer]
+    (inject,) = [n for n in graph.nodes if n.op == "call_function" and n.target is inject_delta and n.args[3] == layer]
     return inject
 
 

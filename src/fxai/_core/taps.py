@@ -7,7 +7,7 @@ trick of Flax). Two ways to build one, with the same signature:
 
 - an FX rewrite (the default): the module's structural copy (see
   :mod:`fxai._core.skeleton`) is traced once with the tapped layers kept as
-  leaves, and an ``_inject`` node is placed after each of them. The result is
+  leaves, and an ``inject_delta`` node is placed after each of them. The result is
   a pure graph that ``torch.compile(fullgraph=True)`` takes whole; each thread
   binds it to its own copy of the module, so no thread sees another's tensors.
   FX traces ``forward``, not ``__call__``: hooks on the root module and on the
@@ -50,7 +50,7 @@ def _check_output(layer: str, out) -> None:
         raise TypeError(f"layer: {layer!r} returns {type(out).__name__}, not a tensor; choose another layer")
 
 
-def _inject(activation, deltas, i: int, layer: str):
+def inject_delta(activation, deltas, i: int, layer: str):
     """What flows on from a tapped layer: ``activation + deltas[i]``, or a copy when there are no deltas."""
     _check_output(layer, activation)
     return activation.clone() if deltas is None else activation + deltas[i]
@@ -144,7 +144,7 @@ def trace_tap(module: nn.Module, layers: list[str], *, copy: bool = True):
         deltas = graph.placeholder("deltas", default_value=None)
     for i, (layer, node) in enumerate(zip(layers, nodes)):
         with graph.inserting_after(node):
-            flowing = graph.call_function(_inject, (node, deltas, i, layer))
+            flowing = graph.call_function(inject_delta, (node, deltas, i, layer))
         node.replace_all_uses_with(flowing, delete_user_cb=lambda user, flowing=flowing: user is not flowing)
     (output,) = [n for n in graph.nodes if n.op == "output"]
     output.args = ((output.args[0], tuple(nodes)),)
@@ -161,7 +161,8 @@ def trace_tap(module: nn.Module, layers: list[str], *, copy: bool = True):
     return graph, constants
 
 
-def _forget_source(key: str) -> None:
+def forget_source(key: str) -> None:
+    """Drop the generated source FX keeps for the graph module ``key`` (its linecache entry)."""
     loader = getattr(fx.graph_module, "_loader", None)
     if loader is not None:
         getattr(loader, "eval_cache", {}).pop(key, None)
@@ -179,13 +180,13 @@ def bind_tap(module: nn.Module, tap) -> fx.GraphModule:
     root = {n.target: constants[n.target] if n.target in constants else _fetch(module, n.target)
             for n in graph.nodes if n.op in ("get_attr", "call_module")}
     gm = fx.GraphModule(root, _copy.deepcopy(graph), class_name=f"Tapped{type(module).__name__}")
-    weakref.finalize(gm, _forget_source, type(gm).forward.__code__.co_filename)
+    weakref.finalize(gm, forget_source, type(gm).forward.__code__.co_filename)
     return gm
 
 
 @contextlib.contextmanager
 def _hooked(module: nn.Module, layers: list[str], deltas, store: list):
-    """Within the block, each layer's output ``a`` goes on as :func:`_inject` makes it and ``a`` is stored."""
+    """Within the block, each layer's output ``a`` goes on as :func:`inject_delta` makes it and ``a`` is stored."""
     modules = dict(module.named_modules())
     calls = [0] * len(layers)
     handles = []
@@ -196,7 +197,7 @@ def _hooked(module: nn.Module, layers: list[str], deltas, store: list):
             if calls[i] > 1:
                 raise _reused(layers[i])
             store[i] = out
-            return _inject(out, deltas, i, layers[i])
+            return inject_delta(out, deltas, i, layers[i])
         return hook
 
     try:

@@ -92,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="show the full traceback on errors")
     from .roar import add_commands as add_roar_commands
     add_roar_commands(sub)
+    from .evaluate import add_command as add_evaluate_command
+    add_evaluate_command(sub)
     return parser
 
 
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "evaluate":
+            from . import evaluate
+            return evaluate.run(args)
         if args.command in ("roar", "extract"):
             from . import roar as roar_cli
             return roar_cli.run(args)

@@ -222,7 +222,7 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
     untrained), and every report file is written whole or not at all.
 
     Example:
-        >>> results = fxai.demo.run("demo-out", quick=True)
+        >>> results = fxai.app.demo.run("demo-out", quick=True)
     """
     from tqdm.auto import tqdm
 

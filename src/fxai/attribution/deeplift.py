@@ -61,7 +61,7 @@ def deeplift_rows(model_fn, params, xs, refs, per: int, target: Target, *, rule:
     input pass under the replaying rules, differentiated once. Where the map itself may be differentiated
     (inside ``torch.func`` transforms, or inputs that require grad), a plain forward of the input rows comes
     first, and the rules' backwards read its values, so the map's derivative is the true one (see
-    :mod:`fxai._core.multipliers`). Returns the contributions (``[N, ...]`` or ``[N, K, ...]``), and with
+    :mod:`fxai.rules.multipliers`). Returns the contributions (``[N, ...]`` or ``[N, K, ...]``), and with
     ``scores`` also ``(f(x), f(reference))`` per row.
     """
     ops = intercepted_ops(rule)

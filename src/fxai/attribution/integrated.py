@@ -40,7 +40,8 @@ def path_rule(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return alphas, torch.full((n,), 1 / n, dtype=torch.float64)
 
 
-def _completeness_error(model_fn, params, x, base, target, attribution, chunk_size):
+def completeness_error(model_fn, params, x, base, target, attribution, chunk_size):
+    """Per input, ``sum(attribution) - (f(x) - f(base))``: how far a path method is from completeness."""
     both = scores(model_fn, params, torch.cat([x, base]), target, chunk_size=chunk_size)
     fx, fb = both[: x.shape[0]], both[x.shape[0]:]
     sums = attribution.flatten(start_dim=fx.ndim).sum(-1)
@@ -87,7 +88,7 @@ def integrated_gradients(model_fn, params, x: torch.Tensor, target: TargetLike =
     mean_grad = torch.tensordot(weights.to(x.device, x.dtype), grads, dims=1)
     attribution = expand_like(x - base, mean_grad) * mean_grad
     if return_error:
-        return attribution, _completeness_error(model_fn, params, x, base, target, attribution, chunk_size)
+        return attribution, completeness_error(model_fn, params, x, base, target, attribution, chunk_size)
     return attribution
 
 

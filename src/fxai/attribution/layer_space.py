@@ -26,7 +26,7 @@ from .._core.docs import documented
 from .._core.layers import forward_with_activations, layer_gradients, tapped
 from .._core.tails import tail
 from .._core.targets import Target, TargetLike, as_target
-from .integrated import _completeness_error, path_rule
+from .integrated import completeness_error, path_rule
 
 
 def _head(tap):
@@ -60,7 +60,7 @@ def _options_of(method) -> dict:
         return {}
 
 
-def _cat(parts: list):
+def _cat_maps(parts: list):
     if isinstance(parts[0], tuple):
         return tuple(torch.cat(p) for p in zip(*parts))
     return torch.cat(parts)
@@ -151,7 +151,7 @@ def at_layer(method, layer: str | None):
                 row["baseline"] = options["baseline"][b:b + 1]
             maps.append(method(_one_input(tap, x[b:b + 1], act[b:b + 1]), params, act[b:b + 1],
                                _rows_target(resolved, slice(b, b + 1)), **row))
-        return _cat(maps)
+        return _cat_maps(maps)
 
     del layered.__wrapped__
     layered.__dict__.pop("structured", None)  # x is one tensor here
@@ -214,5 +214,5 @@ def layer_conductance(model_fn, params, x: torch.Tensor, target: TargetLike = No
         steps_taken = steps_taken.unsqueeze(2)
     conductance = (grads * steps_taken).sum(0)
     if return_error:
-        return conductance, _completeness_error(model_fn, params, x, base, target, conductance, chunk_size)
+        return conductance, completeness_error(model_fn, params, x, base, target, conductance, chunk_size)
     return conductance

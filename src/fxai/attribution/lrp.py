@@ -84,7 +84,7 @@ def lrp(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, composi
         params = canonize(model_fn, params, x)
 
     # Where the map may be differentiated, a plain forward first: its values feed the rules' backwards and its
-    # scores scale the map, so derivatives follow the model's true Jacobian (see fxai._core.lrp_mode).
+    # scores scale the map, so derivatives follow the model's true Jacobian (see fxai.rules.lrp_mode).
     exact = needs_graph(params, x) or torch._C._functorch.peek_interpreter_stack() is not None
     maps, scores = [], []
     for a, b in row_chunks(x.shape[0], chunk_size, tgt.group):

@@ -1,4 +1,5 @@
-"""Complexity of a map: sparseness (Gini index) and entropy. Both use the absolute values of the whole map."""
+"""Complexity of a map: sparseness (Gini index), entropy and effective complexity. All use the absolute values of
+the whole map."""
 
 from __future__ import annotations
 
@@ -57,3 +58,27 @@ def complexity(attribution: torch.Tensor) -> torch.Tensor:
     total = a.sum(1, keepdim=True)
     p = a / torch.where(total > 0, total, torch.ones_like(total))
     return 0.0 - torch.xlogy(p, p).sum(1)  # not -xlogy: a single nonzero entry gives 0, not -0
+
+
+def effective_complexity(attribution: torch.Tensor, *, eps: float = 1e-5) -> torch.Tensor:
+    r"""Effective complexity: the number of entries whose magnitude exceeds ``eps`` times the map's largest
+    (Nguyen & Martínez, "On Quantitative Aspects of Model Interpretability", 2020).
+
+    .. math:: EC(a) = \big|\{i : |a_i| / \max_j |a_j| > \epsilon\}\big|
+
+    Quantus's ``EffectiveComplexity`` with its defaults (``abs``, ``normalise`` by the max, ``eps=1e-5``), but
+    each map normalised by its own maximum: Quantus divides by the maximum over the whole batch, so its
+    score of a map depends on the other maps in the batch. Lower is simpler; 0 for an all-zero map.
+
+    Returns:
+        ``[B]`` counts (in the map's dtype).
+
+    Example:
+        >>> fxai.metrics.effective_complexity(torch.tensor([[0.0, 1e-7, 0.5, -1.0]]))
+        tensor([2.])
+    """
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
+        raise ValueError(f"eps must be a number in [0, 1), got {eps!r}")
+    a = _flat_abs(attribution)
+    top = a.amax(1, keepdim=True)
+    return ((a > eps * top) & (top > 0)).sum(1).to(a.dtype)

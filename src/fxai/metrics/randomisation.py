@@ -231,3 +231,66 @@ def randomisation(model_fn, params, x: torch.Tensor, target: TargetLike, attribu
         maps = method(model_fn, p, x, fixed, **options).detach()
         out.append(sim(attribution.detach(), maps))
     return torch.stack(out, -1)
+
+
+def random_logit(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor, *, method,
+                 off_class=None, similarity="ssim", normalise: bool = True, method_options=None,
+                 key=None) -> torch.Tensor:
+    r"""Random logit test: similarity of the map of the target with the map of a random other class.
+
+    .. math:: \operatorname{sim}\big(\Phi(x, y),\ \Phi(x, y')\big),\quad y' \sim U(\{1..K\} \setminus \{y\})
+
+    Sixt et al., "When Explanations Lie: Why Many Modified BP Attributions Fail", ICML 2020. A map that
+    explains the class must change with it: lower is better. The off class is drawn from ``key`` as an index
+    ``r`` into the other classes in increasing order (``y' = r + [r >= y]``, Quantus's convention), or
+    given as ``off_class`` (``LongTensor [B]``). With ``normalise=True`` (as Quantus) each map is divided by
+    its largest absolute value before the comparison; ``similarity`` as in :func:`randomisation` (default
+    ``"ssim"``). Cost: one call of ``method`` on the batch.
+
+    Args:
+        attribution: ``method``'s map for ``target``.
+        method: attribution method ``(model_fn, params, x, target, **options) -> map``.
+        off_class: the other classes ``[B]``; drawn from ``key`` when None.
+        key: randomness of the off class (and of a randomised ``method``).
+
+    Returns:
+        ``[B]`` similarities.
+
+    Example:
+        >>> g = fxai.gradient(model_fn, params, x, 3)
+        >>> fxai.metrics.random_logit(model_fn, params, x, 3, g, method=fxai.gradient, key=0).shape
+        torch.Size([2])
+    """
+    check_map(attribution, x)
+    if not callable(method):
+        raise TypeError(f"method must be an attribution method, got {type(method).__name__}")
+    sim = SIMILARITIES.get(similarity) if isinstance(similarity, str) else similarity
+    if sim is None or not callable(sim):
+        raise ValueError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))} or a callable (a, b) -> [B]; "
+                         f"got {similarity!r}")
+    tgt = one_per_input(model_fn, params, x, target)
+    if tgt.index is None:
+        raise ValueError("target: the random logit test needs class indices (an int, a LongTensor [B] or None)")
+    y = tgt.index[:, 0]
+    gen = None
+    if off_class is None:
+        gen = keys.generator(key)
+        with torch.no_grad():
+            classes = model_fn(params, x[:1].clone()).shape[-1]
+        r = keys.integers(gen, classes - 1, (x.shape[0],), y)
+        off_class = r + (r >= y).long()
+    off_class = torch.as_tensor(off_class, device=y.device).long().reshape(-1)
+    if off_class.shape != y.shape or (off_class == y).any() or off_class.min() < 0:
+        raise ValueError("off_class must be a LongTensor [B] of classes other than the target")
+    options = dict(method_options or {})
+    if "key" not in options and keys.takes_key(method):
+        options["key"] = gen if gen is not None else keys.generator(key)
+    other = method(model_fn, params, x, off_class, **options).detach()
+
+    def scaled(a):
+        if not normalise:
+            return a
+        top = a.flatten(1).abs().amax(1).view(-1, *[1] * (a.ndim - 1))
+        return a / torch.where(top > 0, top, torch.ones_like(top))
+
+    return sim(scaled(attribution.detach()), scaled(other))

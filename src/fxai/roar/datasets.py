@@ -14,10 +14,20 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import datasets as local
 from ..data.synthetic import Shapes
 from .._core.files import write_atomic
-from .extraction import collate
 
 DATASETS = ("shapes", "mnist", "cifar10", "folder")
 TEST_START = 1 << 30  # synthetic test samples: indices no training set reaches
+
+
+def collate(items):
+    """A batch from dataset items ``(image, label)`` or ``(image, label, mask)``: stacked tensors."""
+    first = items[0]
+    if not isinstance(first, (tuple, list)) or len(first) < 2:
+        raise TypeError("dataset items must be (image, label) or (image, label, mask) tuples")
+    images = torch.stack([torch.as_tensor(it[0]) for it in items])
+    labels = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
+    masks = torch.stack([torch.as_tensor(it[2]) for it in items]) if len(first) > 2 else None
+    return images, labels, masks
 
 
 class TensorData(Dataset):

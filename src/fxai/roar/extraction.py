@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .._core.checks import check_positive_int
 from .._core.files import write_atomic, write_json
 from . import dist, methods
+from .datasets import TensorData, collate
 
 FORMAT = "fxai-maps/1"
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -48,17 +49,6 @@ def params_hash(params) -> str:
 def shard_key(key: int, shard: int) -> int:
     """The seed of shard ``shard`` for a run keyed ``key``: a hash, so shards draw independent numbers."""
     return int.from_bytes(hashlib.sha256(f"{key}:{shard}".encode()).digest()[:7], "little")
-
-
-def collate(items):
-    """A batch from dataset items ``(image, label)`` or ``(image, label, mask)``: stacked tensors."""
-    first = items[0]
-    if not isinstance(first, (tuple, list)) or len(first) < 2:
-        raise TypeError("dataset items must be (image, label) or (image, label, mask) tuples")
-    images = torch.stack([torch.as_tensor(it[0]) for it in items])
-    labels = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
-    masks = torch.stack([torch.as_tensor(it[2]) for it in items]) if len(first) > 2 else None
-    return images, labels, masks
 
 
 def _versions() -> dict:
@@ -194,7 +184,6 @@ def _shard(model_fn, params, dataset, make, k, shard_size, batch_size, *, target
     gen = torch.Generator().manual_seed(key)
     parts = []
     batches = _batches(dataset, start, stop, batch_size, num_workers)
-    from .datasets import TensorData
     in_memory = isinstance(dataset, TensorData) and num_workers == 0  # nothing to overlap: no thread
     for images, labels, masks in batches if in_memory else _prefetched(batches):
         x = images.to(device) if device is not None else images
@@ -215,7 +204,6 @@ def _batches(dataset, start: int, stop: int, batch_size: int, num_workers: int):
     """``(images, labels, masks or None)`` batches of samples ``start ... stop - 1``. Tensors in memory are
     sliced and the synthetic shapes rendered a batch at a time; other datasets go through a ``DataLoader``."""
     from ..data.synthetic import Shapes
-    from .datasets import TensorData
 
     if isinstance(dataset, (Shapes, TensorData)) and num_workers == 0:
         for a in range(start, stop, batch_size):

@@ -10,7 +10,7 @@ Guillemot et al. 2020):
 and turns the BatchNorm into the identity, so the model computes the same
 function with one linear layer where it had two, and the layer's rule sees
 the folded weights. Residual additions need no rewrite: the ``add`` rule of a
-composite splits relevance between the branches (see :mod:`fxai._core.lrp_rules`).
+composite splits relevance between the branches (see :mod:`fxai.rules.lrp`).
 """
 
 from __future__ import annotations
@@ -18,58 +18,62 @@ from __future__ import annotations
 import weakref
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-_LINEAR = (F.linear, F.conv1d, F.conv2d, F.conv3d)
+from .._core.eager import eager
+from . import ops as O
+from .engine import Intercept
 
-
-class _Recorder(TorchFunctionMode):
-    """Records which linear layer's output each eval-mode batch norm normalises, and every other use of it."""
+class _Recorder:
+    """Rules and observer for one plain forward under :class:`~fxai.rules.engine.Intercept`: which linear layer's
+    output each eval-mode batch norm normalises, and every other use of that output."""
 
     def __init__(self, names):
-        super().__init__()
         self.names = names
         self.produced = {}  # id(output) -> (output, weight name, bias name or None)
         self.used = set()  # ids of outputs used by anything but one batch norm
         self.pairs = []  # (output id, bn running_mean, running_var, weight, bias names, eps)
         self.calls = {}  # weight name -> number of calls of its layer
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func is F.batch_norm:
-            x = args[0]
-            bn = [args[i] if len(args) > i else kwargs.get(k) for i, k in
-                  ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))]
-            training = args[5] if len(args) > 5 else kwargs.get("training", False)
-            eps = args[7] if len(args) > 7 else kwargs.get("eps", 1e-5)
-            bn_names = [None if t is None else self.names.get(id(t)) for t in bn]
-            if id(x) in self.produced and not training and None not in bn_names[:2] and \
-                    all(t is None or n is not None for t, n in zip(bn, bn_names)):
-                if any(p[0] == id(x) for p in self.pairs):
-                    self.used.add(id(x))
-                self.pairs.append((id(x), *bn_names, eps))
-            return out
-        if any(isinstance(t, torch.Tensor) for t in tree_leaves(out)):  # not metadata (dim, size, shape)
-            for t in tree_leaves((args, kwargs)):
-                if isinstance(t, torch.Tensor) and id(t) in self.produced:
-                    self.used.add(id(t))
-        if func in _LINEAR:
-            w = args[1] if len(args) > 1 else kwargs.get("weight")
-            b = args[2] if len(args) > 2 else kwargs.get("bias")
-            w_name, b_name = self.names.get(id(w)), None if b is None else self.names.get(id(b))
-            self.calls[w_name] = self.calls.get(w_name, 0) + 1
-            if w_name is not None and (b is None or b_name is not None) and isinstance(out, torch.Tensor):
-                self.produced[id(out)] = (out, w_name, b_name)
+    def mode(self) -> Intercept:
+        rules = {op: self.linear for op in (O.LINEAR, O.CONV1D, O.CONV2D, O.CONV3D)}
+        return Intercept({**rules, O.BATCH_NORM: self.batch_norm}, observe=self.observe)
+
+    def linear(self, op, operands, options):
+        self.observe(op, operands, {}, None)
+        out = op.compute(*operands, **options)
+        w, b = options["weight"], options["bias"]
+        w_name, b_name = self.names.get(id(w)), None if b is None else self.names.get(id(b))
+        self.calls[w_name] = self.calls.get(w_name, 0) + 1
+        if w_name is not None and (b is None or b_name is not None):
+            self.produced[id(out)] = (out, w_name, b_name)
         return out
+
+    def batch_norm(self, op, operands, options):
+        (x,) = operands
+        bn = [options[k] for k in ("running_mean", "running_var", "weight", "bias")]
+        bn_names = [None if t is None else self.names.get(id(t)) for t in bn]
+        if id(x) in self.produced and None not in bn_names[:2] and \
+                all(t is None or n is not None for t, n in zip(bn, bn_names)):
+            if any(p[0] == id(x) for p in self.pairs):
+                self.used.add(id(x))
+            self.pairs.append((id(x), *bn_names, options["eps"]))
+        else:
+            self.observe(op, operands, {}, None)
+        return op.compute(x, **options)
+
+    def observe(self, func, args, kwargs, out):
+        if out is not None and not any(isinstance(t, torch.Tensor) for t in tree_leaves(out)):
+            return  # metadata (dim, size, shape): not a use
+        for t in tree_leaves((args, kwargs)):
+            if isinstance(t, torch.Tensor) and id(t) in self.produced:
+                self.used.add(id(t))
 
 
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {(model_fn id, names, shape): pairs}
 
 
-@torch.compiler.disable
+@eager
 def batchnorm_pairs(model_fn, params, x) -> list[tuple]:
     """``(weight, bias or None, bn mean, bn var, bn weight or None, bn bias or None, eps)`` parameter names of each
     BatchNorm that follows a linear layer called once whose output nothing else uses, found by one forward on the
@@ -89,12 +93,12 @@ def _find_pairs(model_fn, params, x):
         meta = {k: v.detach().to("meta") if isinstance(v, torch.Tensor) else v for k, v in params.items()}
         probe = x[:1].detach().to("meta")
         rec = _Recorder({id(t): k for k, t in meta.items() if isinstance(t, torch.Tensor)})
-        with torch.no_grad(), rec:
+        with torch.no_grad(), rec.mode():
             model_fn(meta, probe)
     except Exception:  # a model the meta device cannot run: one real forward of one input
         plain = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in params.items()}
         rec = _Recorder({id(t): k for k, t in plain.items() if isinstance(t, torch.Tensor)})
-        with torch.no_grad(), rec:
+        with torch.no_grad(), rec.mode():
             model_fn(plain, x[:1].detach().clone())
     return [(rec.produced[i][1], rec.produced[i][2], *bn) for i, *bn in rec.pairs
             if i not in rec.used and rec.calls[rec.produced[i][1]] == 1]

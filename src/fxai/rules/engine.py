@@ -51,8 +51,8 @@ class Intercept(TorchFunctionMode):
     ``copy_inplace``: an in-place call passes a copy of its first operand to the
     rule (for rules that keep their inputs for the backward, since the operand
     is overwritten by the result); a callable ``copy_inplace(op, operand)`` returns
-    the tensor to pass instead. ``observe(func, args, kwargs)``, if given, sees
-    every other call before it runs.
+    the tensor to pass instead. ``observe(func, args, kwargs, out)``, if given, sees
+    every other call after it ran, with its result.
     """
 
     def __init__(self, rules: Mapping[Op, Callable], *, copy_inplace: bool | Callable = False,
@@ -69,9 +69,10 @@ class Intercept(TorchFunctionMode):
         entry = self.table.get(func)
         bound = None if entry is None else entry[0].bind(*args, **kwargs)
         if bound is None:
+            out = func(*args, **kwargs)
             if self.observe is not None:
-                self.observe(func, args, kwargs)
-            return func(*args, **kwargs)
+                self.observe(func, args, kwargs, out)
+            return out
         op, rule, inplace = entry
         operands, options, flag = bound
         if not (inplace or flag):

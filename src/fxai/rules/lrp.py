@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._core.checks import unknown_name
+
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     r""":math:`z + \varepsilon\,(\mathrm{sign}(z) + [z = 0])`: pushed away from zero, keeping the sign.
@@ -335,8 +337,8 @@ def as_composite(composite, *, name: str = "composite") -> Composite:
         return composite
     if isinstance(composite, str):
         if composite not in COMPOSITES:
-            raise ValueError(f"{name}: unknown composite {composite!r}; known: {', '.join(COMPOSITES)} "
-                             "(or pass a Composite or a mapping from layer kind or name to rule)")
+            raise ValueError(f"{name}: " + unknown_name("composite", composite, COMPOSITES) +
+                             " (or pass a Composite or a mapping from layer kind or name to rule)")
         if composite == "epsilon_gamma_box":
             raise ValueError(f"{name}: 'epsilon_gamma_box' needs the input bounds: pass "
                              "epsilon_gamma_box(low=..., high=...)")

@@ -4,7 +4,7 @@ While a forward runs under :class:`RelevanceMode`, every call of a linear or
 convolutional op, a pooling/mean/sum, a same-shape addition, an elementwise
 activation or a batch norm is replaced by an ``autograd.Function`` whose
 forward is the original op and whose backward is the op's LRP rule (see
-:mod:`fxai._core.lrp_rules`). Autograd then carries relevance instead of
+:mod:`fxai.rules.lrp`). Autograd then carries relevance instead of
 gradients; ops not listed (max-pooling, reshapes, concatenation, indexing)
 route it by their gradient, which conserves it. Ops are matched, not modules:
 a module called twice, a functional call and a layer built inside ``forward``
@@ -19,7 +19,7 @@ plainly and records, in call order, the inputs of every op that gets a rule;
 the rule forward under ``RelevanceMode(..., truth=record)`` hands call k's
 recorded inputs to the backward (the values are equal; the graphs differ).
 
-Why a mode of its own rather than :mod:`fxai._core.engine`'s ``Intercept``: the
+Why a mode of its own rather than :mod:`fxai.rules.engine`'s ``Intercept``: the
 engine binds each call to canonical operands and options per op, which
 DeepLIFT needs (rules compare an op's operands with the reference pass's);
 LRP passes pooling, means, sums and activations through as opaque calls and

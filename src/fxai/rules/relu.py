@@ -3,7 +3,7 @@
 A rule keeps the forward ``max(x, 0)`` and replaces its backward. It is an
 ``autograd.Function`` (split ``forward``/``setup_context`` form with
 ``generate_vmap_rule``, so it composes with ``torch.func``) swapped in for every
-ReLU spelling by the op-interception mode of :mod:`fxai._core.engine`, active
+ReLU spelling by the op-interception mode of :mod:`fxai.rules.engine`, active
 only during the call:
 ``nn.ReLU`` (in-place too), ``F.relu``, ``torch.relu``, ``Tensor.relu`` and
 their in-place forms, and ``torch.ops.aten.relu`` for exported graphs.

@@ -1,7 +1,9 @@
-"""Figures: heat maps over images, grids of maps, metric curves, concept figures.
+"""Figures: heat maps over images, grids of maps, metric curves, score bars, concept figures.
 
     >>> from fxai import viz
-    >>> viz.save(viz.grid(images[:4], {"IG": heat[:4]}, masks=masks[:4]), "grid.png")
+    >>> fig = viz.grid(x, {"gradient": amap.abs().sum(1)}, masks=masks)   # then viz.save(fig, "grid.png")
+    >>> type(fig).__name__
+    'Figure'
 """
 
 from .maps import ORIGINS as ORIGINS
@@ -15,6 +17,7 @@ from .maps import overlay as overlay
 from .maps import save as save
 from .maps import save_rgb as save_rgb
 from .maps import scale_map as scale_map
+from .scores import scores as scores
 from .boxes import detection as detection
 from .concepts import concept_colours as concept_colours
 from .concepts import concept_labels as concept_labels
@@ -22,4 +25,5 @@ from .concepts import concept_overlay as concept_overlay
 from .concepts import factorization as factorization
 
 __all__ = ["ORIGINS", "SIGNS", "colorize", "concept_colours", "concept_labels", "concept_overlay", "curves",
-           "detection", "explanation", "factorization", "grid", "origin_for", "overlay", "save", "save_rgb", "scale_map"]
+           "detection", "explanation", "factorization", "grid", "origin_for", "overlay", "save", "save_rgb",
+           "scale_map", "scores"]
