@@ -113,7 +113,8 @@ def main(argv=None):
     print("|---|---|---:|---:|---:|---:|")
     for name, oracle, ours, theirs, fl in rows:
         floor_ratio = "" if fl is None else f"{ours / fl:.2f}"
-        print(f"| `{name}` | {oracle} | {1000 * ours:.0f} | {1000 * theirs:.0f} | {ours / theirs:.2f} | {floor_ratio} |")
+        print(f"| `{name}` | {oracle} | {1000 * ours:.0f} | {1000 * theirs:.0f} | {ours / theirs:.2f} "
+              f"| {floor_ratio} |")
 
 
 if __name__ == "__main__":

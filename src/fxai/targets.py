@@ -107,8 +107,8 @@ def detections(output, max_detections: int | None = None) -> torch.Tensor:
         >>> fxai.detections(out).shape
         torch.Size([2, 1, 6])
     """
-    if not isinstance(output, (list, tuple)) or not all(isinstance(d, dict) and {"boxes", "scores", "labels"} <= d.keys()
-                                                        for d in output):
+    fields = {"boxes", "scores", "labels"}
+    if not isinstance(output, (list, tuple)) or not all(isinstance(d, dict) and fields <= d.keys() for d in output):
         raise TypeError("detections: expected a detector's output, a list of dicts with 'boxes', 'scores' and "
                         f"'labels' (one per image), got {type(output).__name__}")
     m = max([1, *(len(d["scores"]) for d in output)]) if max_detections is None else max_detections
@@ -149,7 +149,8 @@ class BoxTarget:
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Intersection over union of boxes ``a [..., K, 4]`` and ``b [..., M, 4]`` (``x1, y1, x2, y2``): ``[..., K, M]``."""
+    """Intersection over union of boxes ``a [..., K, 4]`` and ``b [..., M, 4]`` (``x1, y1, x2, y2``): ``[..., K, M]``.
+    """
     a, b = a[..., :, None, :], b[..., None, :, :]
     wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
