@@ -254,3 +254,14 @@ def test_smooth_grad_cam_plus_plus():
     w = (alpha * g1.clamp(min=0)).sum((2, 3), keepdim=True)
     torch.testing.assert_close(got, (w * a).sum(1).clamp(min=0), rtol=1e-5, atol=1e-6)
     assert (normalize(got) - normalize(plain)).abs().max() > 1e-3
+
+
+def test_full_grad_eigen_smooth_matches_pytorch_grad_cam(resnet, image, monkeypatch):
+    from pytorch_grad_cam import FullGrad, fullgrad_cam
+    monkeypatch.setattr(fullgrad_cam, "get_2d_projection", _signed(fullgrad_cam.get_2d_projection))
+    want = _pgc(FullGrad, resnet, [], image, [5, 321], eigen_smooth=True)
+    model_fn, params = fxai.functional(resnet)
+    got = fxai.full_grad(model_fn, params, image, torch.tensor([5, 321]), eigen_smooth=True)
+    torch.testing.assert_close(normalize(got), want, rtol=0, atol=1e-5)
+    many = fxai.full_grad(model_fn, params, image, torch.tensor([[5, 1], [321, 2]]), eigen_smooth=True)
+    torch.testing.assert_close(many[:, 0], got, rtol=1e-5, atol=1e-6)

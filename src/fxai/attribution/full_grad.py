@@ -10,7 +10,7 @@ from .._core.functional import FunctionalModel
 from .._core.layers import layer_and_input_gradients
 from .._core.targets import TargetLike, as_target
 from ..postprocess import normalize, upsample
-from .cam_driver import check_options
+from .cam_driver import check_options, first_component
 
 
 def _bias_layers(model_fn, params, x):
@@ -45,8 +45,10 @@ def _per_channel_rescaled(t: torch.Tensor, size) -> torch.Tensor:
     return upsample(t, size).sum(-3).to(dtype)
 
 
-@documented
-def full_grad(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
+@documented(eigen_smooth="replace the sum of the terms by the first principal component of their maps (the input "
+                          "term per channel, each bias term summed over its channels), as pytorch-grad-cam: each "
+                          "map min-max rescaled and shrunk to an eighth of the input size, the component upsampled.")
+def full_grad(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, eigen_smooth: bool = False,
               chunk_size: int | None = None) -> torch.Tensor:
     r"""FullGrad: :math:`\psi(\nabla_x y_c \odot x) + \sum_{l}\sum_{c} \psi(\nabla_{z_l} y_c \odot b_l)_c`.
 
@@ -77,6 +79,13 @@ def full_grad(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
     names, biases = _bias_layers(model_fn, params, x)
     _, grads, _, xgrad = layer_and_input_gradients(model_fn, params, x, tgt, names, chunk_size=chunk_size)
     xs = x if not tgt.multi else x[:, None]
+    if eigen_smooth:
+        terms = [upsample(normalize((xgrad * xs).abs(), "minmax", batch_dims=xgrad.ndim - 2), size)]
+        terms += [_per_channel_rescaled(g * b[:, None, None], size).unsqueeze(-3) for g, b in zip(grads, biases)]
+        stack = torch.cat(terms, -3)
+        small = upsample(normalize(stack, "minmax", batch_dims=stack.ndim - 2), (max(1, size[0] // 8),
+                                                                                  max(1, size[1] // 8)))
+        return upsample(first_component(small), size)
     total = _per_channel_rescaled(xgrad * xs, size)
     for g, b in zip(grads, biases):
         total = total + _per_channel_rescaled(g * b[:, None, None], size)
