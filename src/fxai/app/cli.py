@@ -203,14 +203,41 @@ def _file_name(method: str) -> str:
     return method.replace("(", "-").replace(")", "")
 
 
-def _load_model(args, device):
-    """``(module in eval mode on device, class names or None, preprocessing)``."""
-    from .loading import build_model, classes_in, load_weights, pretrained, read_weights
-    from .zoo import DEFAULT, is_zoo_name, load_model
+RANDOM_WEIGHTS = "random weights: maps describe an untrained network"
 
+
+def _load_model(args, device):
+    """``(module in eval mode on device, class names or None, preprocessing, untrained)``.
+
+    Without ``--weights`` or ``--pretrained`` the weights are drawn from ``--seed`` (two runs agree) and
+    ``untrained`` is true; a model file that describes its network (the demo's ``model.pt``, ``fxai roar``'s
+    ``model.safetensors``) is rebuilt from its own description, given as ``--weights`` or ``--model``."""
+    import torch
+
+    from ..roar import described
+    from .loading import build_model, classes_in, load_weights, pretrained, read_weights
+    from .zoo import DEFAULT, Preprocessing, is_zoo_name, load_model
+
+    for path in (args.weights, args.model):
+        found = described.read(path) if path else None
+        if found is not None:
+            if path == args.model and args.weights:
+                raise UsageError(f"--model {path} holds its own weights; leave out --weights")
+            desc, state = found
+            try:
+                module = described.rebuild(desc, state)
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise UsageError(f"{path} describes a model that cannot be rebuilt: {' '.join(str(err).split())[:300]}")\
+                    from None
+            size = desc.get("size")
+            prep = Preprocessing(resize=size, crop=size, mean=tuple(desc["mean"]), std=tuple(desc["std"]))
+            return module.to(device), desc.get("class_names"), prep, False
+
+    torch.manual_seed(args.seed)                                # random weights are the seed's
     if is_zoo_name(args.model):
         module, categories, prep = load_model(args.model, weights=args.weights, pretrained=args.pretrained)
-        return module.to(device).eval(), categories, prep
+        untrained = args.model.startswith("timm:") and not (args.weights or args.pretrained)
+        return module.to(device).eval(), categories, prep, untrained
 
     module, weights = build_model(args.model)
     categories = list(weights.meta.get("categories", ())) if weights is not None else None
@@ -227,7 +254,7 @@ def _load_model(args, device):
         load_weights(module, state, args.weights)
     else:
         categories = None                                       # random weights: class names would mislead
-    return module.to(device).eval(), categories, DEFAULT
+    return module.to(device).eval(), categories, DEFAULT, not (args.weights or args.pretrained)
 
 
 def _explain(args) -> int:
@@ -261,7 +288,11 @@ def _explain(args) -> int:
             raise UsageError(f"image file not found: {path}")
     _check_writable(args.out)
 
-    module, categories, prep = _load_model(args, device)
+    module, categories, prep, untrained = _load_model(args, device)
+    if untrained:
+        print(f"{RANDOM_WEIGHTS} (drawn from --seed {args.seed}; pass --weights FILE or --pretrained to explain a "
+              "trained one)", file=sys.stderr)
+    note = f"\n{RANDOM_WEIGHTS}" if untrained else ""
     channels = input_channels(module)
     mean = torch.tensor(_floats(args.mean, prep.mean, "mean", channels)).view(-1, 1, 1)
     std = torch.tensor(_floats(args.std, prep.std, "std", channels)).view(-1, 1, 1)
@@ -281,7 +312,7 @@ def _explain(args) -> int:
     def label(c: int) -> str:
         return f"{c} {categories[c]}" if categories else f"class {c}"
 
-    used, rows, seconds = set(), {}, dict.fromkeys([m.name for m in methods], 0.0)
+    used, rows, shown, seconds = set(), {}, {}, dict.fromkeys([m.name for m in methods], 0.0)
     bar = tqdm(total=len(images) * len(methods), unit="map", dynamic_ncols=True, disable=None)
     for i, (path, raw) in enumerate(images):
         stem = _safe_stem(path, used)
@@ -297,9 +328,13 @@ def _explain(args) -> int:
         if mode == "top" and value > classes:
             raise UsageError(f"--target top{value} asks for more classes than the model has ({classes})")
         probs = probabilities(logits)[0]
-        top = probs.topk(min(5, classes))
-        bar.write(f"{path}: " + ", ".join(f"{label(int(c))} ({float(p):.3f})" for p, c in zip(top.values, top.indices)))
-        picked = [value] if mode == "index" else [int(c) for c in logits[0].topk(value).indices]
+        order = ranked(logits[0])
+        bar.write(f"{path}: " + ", ".join(f"{label(c)} ({float(probs[c]):.3f})" for c in order[:5]))
+        picked = [value] if mode == "index" else order[:value]
+        tied = [c for c in order if c not in picked and bool(logits[0, c] == logits[0, picked[-1]])]
+        if tied:
+            bar.write(f"  ties: {label(picked[-1])} has the same score as {len(tied)} other classes (e.g. "
+                      f"{', '.join(label(c) for c in tied[:3])}); the lowest index is explained")
         target = torch.tensor([picked], device=device) if len(picked) > 1 else torch.tensor(picked, device=device)
         if needs_layer and layer is None:
             (layer,) = resolve_layers(model_fn, None, params=params, x=x)
@@ -325,30 +360,44 @@ def _explain(args) -> int:
             heat = postprocess.heatmap(amap, kind=info.kind, reduce="abs_sum" if sign == "absolute" else "sum",
                                        size=x.shape[-2:]).cpu()
             torch.save(amap[0].cpu().clone(), os.path.join(args.out, f"{stem}_{_file_name(info.name)}.pt"))
+            flat = heat.flatten(-2) if len(picked) > 1 else heat.flatten(-2)[:, None]
+            constant = [cls for k, cls in enumerate(picked) if bool((flat[0, k] == flat[0, k, :1]).all())]
+            if constant:
+                bar.write(f"{stem}: {info.name}: the map is {_constant(flat[0, 0])} for "
+                          f"{', '.join(label(c) for c in constant)}; {_constant_cause(untrained, logits[0])}")
             for k, cls in enumerate(picked):
                 h = heat[0, k] if len(picked) > 1 else heat[0]
                 suffix = f"_c{cls}" if len(picked) > 1 else ""
-                title = f"{info.name} · {label(cls)} (p = {float(probs[cls]):.3f})\n{os.path.basename(path)}"
+                title = f"{info.name} · {label(cls)} (p = {float(probs[cls]):.3f})\n{os.path.basename(path)}{note}"
+                if cls in constant:
+                    title += f"\nthe map is {_constant(h.flatten())}"
                 fig = viz.explanation(raw, h, title=title, sign=sign, origin=origin)
                 viz.save(fig, os.path.join(args.out, f"{stem}_{_file_name(info.name)}{suffix}.png"))
                 rows.setdefault((i, stem, cls), {})[info.name] = (h, sign, origin)
+                shown[(i, cls)] = float(probs[cls])
             bar.update(1)
     bar.close()
     names = [info.name for info in methods]
     first = next(iter(rows.values()))
-    fig = viz.grid([images[i][1] for i, _, _ in rows], {n: [r[n][0] for r in rows.values()] for n in names},
-                   row_titles=[f"{stem}\n{label(cls)}" for _, stem, cls in rows],
-                   sign={n: first[n][1] for n in names}, origin={n: first[n][2] for n in names}, cell=2.4, wrap=6,
-                   title=f"pixel maps: {_SIGN_TEXT[args.sign]}; CAMs: positive part; RISE: above its minimum")
-    viz.save(fig, os.path.join(args.out, "grid.png"))
+    keys = list(rows)
+    pages = [keys[a:a + GRID_ROWS] for a in range(0, len(keys), GRID_ROWS)]
+    grids = []
+    for p, page in enumerate(pages):
+        head = _grid_title(args.sign, methods) + note + (f"\npage {p + 1} of {len(pages)}" if len(pages) > 1 else "")
+        fig = viz.grid([images[i][1] for i, _, _ in page], {n: [rows[k][n][0] for k in page] for n in names},
+                       row_titles=[f"{stem}\n{label(cls)}\np = {shown[(i, cls)]:.3f}" for i, stem, cls in page],
+                       sign={n: first[n][1] for n in names}, origin={n: first[n][2] for n in names}, cell=2.0,
+                       wrap=6, title=head)
+        grids.append("grid.png" if p == 0 else f"grid-{p + 1}.png")
+        viz.save(fig, os.path.join(args.out, grids[-1]))
     if args.concepts:
         _concepts(args, model_fn, params, images, mean, std, device, layer, categories)
     width = max(len(n) for n in names)
     print("time per method (all images):")
     for name in names:
         print(f"  {name:<{width}}  {seconds[name]:8.2f} s")
-    print(f"wrote {len(rows) * len(names)} pictures, {len(images) * len(names)} raw maps (.pt) and grid.png to "
-          f"{args.out}")
+    print(f"wrote {len(rows) * len(names)} pictures, {len(images) * len(names)} raw maps (.pt) and "
+          f"{', '.join(grids)} to {args.out}" + (f" ({RANDOM_WEIGHTS})" if untrained else ""))
     return 0
 
 
@@ -373,6 +422,44 @@ def _concepts(args, model_fn, params, images, mean, std, device, layer, categori
     viz.save(viz.factorization(raw, result, labels=labels), os.path.join(args.out, "factorization.png"))
     for k, name in enumerate(names or []):
         print(f"concept {k}: {name}")
+
+
+GRID_ROWS = 8   # rows of a grid page: a page fits a screen
+
+
+def ranked(logits) -> list[int]:
+    """Class indices by decreasing score; ties in index order (the console and the figures agree)."""
+    import torch
+
+    return [int(c) for c in torch.sort(logits, descending=True, stable=True).indices]
+
+
+def _constant(flat) -> str:
+    value = float(flat[0])
+    return "identically zero" if value == 0 else f"constant ({value:.3g} everywhere)"
+
+
+def _constant_cause(untrained: bool, logits) -> str:
+    if bool((logits == logits[0]).all()):
+        return ("every class has the same score: the output does not depend on the input (e.g. a zero-initialised "
+                "head, as a random ViT's)" + (f"; {RANDOM_WEIGHTS}" if untrained else ""))
+    if untrained:
+        return f"likely cause: {RANDOM_WEIGHTS} (e.g. a zero-initialised layer)"
+    return "likely cause: the class score does not depend on the input at this layer (e.g. a dead or zero layer)"
+
+
+def _grid_title(sign: str, methods) -> str:
+    """What the grid shows, for the kinds of methods that ran only."""
+    from .. import viz
+
+    parts = []
+    if any(m.kind == "pixel" for m in methods):
+        parts.append(f"pixel maps: {_SIGN_TEXT[sign]}")
+    if any(m.kind == "cam" and viz.origin_for(m.kind, m.family) == "zero" for m in methods):
+        parts.append("CAMs: positive part")
+    if any(viz.origin_for(m.kind, m.family) == "min" for m in methods):
+        parts.append("RISE: above its minimum")
+    return "; ".join(parts)
 
 
 _SIGN_TEXT = {"positive": "positive part of the channel sum", "negative": "negative part of the channel sum",

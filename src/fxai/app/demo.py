@@ -30,6 +30,7 @@ from .._core.files import DiskFullError, remove_leftovers, write_atomic, write_t
 from .._core.functional import functional
 from ..data.synthetic import CLASS_NAMES, shapes
 from ..models import SmallCNN
+from ..roar import described
 
 TEST_START = 1 << 30  # held-out samples: indices the training stream never reaches
 
@@ -108,7 +109,9 @@ def train(config: DemoConfig, *, seed: int, device: torch.device, checkpoint: st
         if not checkpoint:
             return
         state = {"key": key, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "schedule": schedule.state_dict()}
+                 "schedule": schedule.state_dict(),
+                 described.KEY: described.description("smallcnn", classes=config.classes, width=config.width,
+                                                      size=config.size, class_names=CLASS_NAMES[:config.classes])}
         try:
             write_atomic(checkpoint, lambda tmp: torch.save(state, tmp))
         except DiskFullError:
