@@ -165,7 +165,7 @@ def _pair(v):
 
 
 class QuietMaxPool(torch.autograd.Function):
-    """:class:`MaxPool` for first-order use: indices, routing weights and :math:`1/\Delta` computed in the forward
+    r""":class:`MaxPool` for first-order use: indices, routing weights and :math:`1/\Delta` computed in the forward
     (no input saved), the backward three native max-pool backwards (which sum over overlapping windows).
     Not differentiable twice, not for ``torch.func``."""
 
