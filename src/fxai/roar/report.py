@@ -134,6 +134,23 @@ def _what_ran(cfg: dict, summary: dict) -> list[str]:
     return lines
 
 
+def used_counts(out: str, cfg: dict) -> dict:
+    """``{"train": n, "test": n, "size": "H×W"}`` of the data the run used (read from ``out/data``: the settings
+    leave the counts out (``None``) for datasets used whole)."""
+    counts = {"train": cfg.get("train_count"), "test": cfg.get("test_count"), "size": f"{cfg['size']}×{cfg['size']}"}
+    try:
+        from safetensors import safe_open
+
+        for split in ("train", "test"):
+            with safe_open(os.path.join(out, "data", f"{split}.safetensors"), framework="pt") as fh:
+                shape = fh.get_slice("images").get_shape()
+            counts[split] = shape[0]
+            counts["size"] = f"{shape[-2]}×{shape[-1]}"
+    except (OSError, KeyError, ValueError, ImportError):
+        pass
+    return {k: ("?" if v is None else v) for k, v in counts.items()}
+
+
 def write(out: str) -> dict:
     """Write ``out/report/``: ``accuracy.png``, ``table.md``, ``results.json``, ``summary.md``; returns the summary data.
 
@@ -162,11 +179,12 @@ def write(out: str) -> dict:
                                           for r in results.values())}
     write_json(os.path.join(folder, "results.json"), summary, sort_keys=False)
     cfg = grid["settings"]["config"]
+    counts = used_counts(out, cfg)
     chance = 1 / grid["settings"]["classes"]
     text = ["# ROAR / KAR report", "",
             f"{cfg['train']['arch']} (width {cfg['train']['width']}, {cfg['train']['epochs']} epochs) retrained on "
-            f"`{cfg['dataset']}` ({cfg['train_count']} training and {cfg['test_count']} test images of "
-            f"{cfg['size']}×{cfg['size']}), {cfg['repeats']} repeats per point, maps reduced over channels by "
+            f"`{cfg['dataset']}` ({counts['train']} training and {counts['test']} test images of "
+            f"{counts['size']}), {cfg['repeats']} repeats per point, maps reduced over channels by "
             f"`{cfg['reduce']}`. Chance accuracy: {chance:.3f}. The explained model's test accuracy: "
             f"{grid['settings']['base_accuracy']:.3f}; retrained on unaltered data: "
             + (f"{statistics.fmean(base):.3f}" if base else "–") + ".",
