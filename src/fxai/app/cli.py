@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from .cli_methods import accepted, check_options, help_epilog, parse_methods, parse_options
+from .cli_methods import accepted, check_options, help_epilog, options_for, parse_methods, parse_options, spelled
 from .loading import UsageError
 
 EXIT_ERROR = 2
@@ -58,9 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--method", default=DEFAULT_METHODS,
                     help="comma-separated methods, 'all', or TRANSFORM:METHOD for a smoothed method (e.g. "
                          "smoothgrad_sq:gradient) (default: %(default)s); see the lists below")
-    ex.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+    ex.add_argument("--option", action="append", default=[], metavar="[METHOD.]NAME=VALUE",
                     help="a method option, e.g. steps=64, num_masks=4000, window=16,16, samples=25 (repeatable; "
-                         "given to every chosen method that takes it; see the lists below)")
+                         "given to every chosen method that takes it, or to one: rise.num_masks=500; see the lists "
+                         "below)")
     ex.add_argument("--chunk-size", type=int, default=64, metavar="N",
                     help="at most N stacked inputs per forward/backward pass (memory bound; default: %(default)s)")
     ex.add_argument("--target", default="top1", help="a class index, top1 or topK, e.g. top3 (default: %(default)s)")
@@ -289,9 +290,6 @@ def _explain(args) -> int:
     _check_writable(args.out)
 
     module, categories, prep, untrained = _load_model(args, device)
-    if untrained:
-        print(f"{RANDOM_WEIGHTS} (drawn from --seed {args.seed}; pass --weights FILE or --pretrained to explain a "
-              "trained one)", file=sys.stderr)
     note = f"\n{RANDOM_WEIGHTS}" if untrained else ""
     channels = input_channels(module)
     mean = torch.tensor(_floats(args.mean, prep.mean, "mean", channels)).view(-1, 1, 1)
@@ -299,6 +297,9 @@ def _explain(args) -> int:
     resize, interpolation = (tuple(args.resize), "bilinear") if args.resize else ((prep.resize, prep.crop),
                                                                                    prep.interpolation)
     images = load_images(args.images, channels, args.keep_size, resize, interpolation)
+    if untrained:
+        print(f"{RANDOM_WEIGHTS} (drawn from --seed {args.seed}; pass --weights FILE or --pretrained to explain a "
+              "trained one)")
 
     model_fn, params = functional(module)
     layer = args.layer
@@ -345,9 +346,9 @@ def _explain(args) -> int:
             bar.set_description(f"{stem}: {info.name}")
             options = registry.options(info, size=x.shape[-2:], layer=layer, key=args.seed, references=references,
                                        chunk_size=args.chunk_size)
-            takes = accepted(info)
-            options.update({k: v for k, v in settings.items() if k in takes and not (
-                "options" in info.parameters and k in ("samples", "sigma"))})
+            given = options_for(spelled(info.name), settings, accepted(info))
+            options.update({k: v for k, v in given.items() if not ("options" in info.parameters
+                                                                     and k in ("samples", "sigma"))})
             start = time.perf_counter()
             try:
                 with reporting(lambda done, total: bar.set_postfix_str(f"{done}/{total} rows", refresh=True)):
