@@ -262,9 +262,8 @@ def _explain(args) -> int:
     import time
 
     import torch
-    from tqdm.auto import tqdm
-
     from .. import postprocess, registry, viz
+    from .._core.progress import progress_bar
     from .._core.batching import reporting
     from .._core.discovery import resolve_layers
     from .._core.functional import functional
@@ -314,12 +313,15 @@ def _explain(args) -> int:
         return f"{c} {categories[c]}" if categories else f"class {c}"
 
     used, rows, shown, seconds = set(), {}, {}, dict.fromkeys([m.name for m in methods], 0.0)
-    bar = tqdm(total=len(images) * len(methods), unit="map", dynamic_ncols=True, disable=None)
+    bar = progress_bar(total=len(images) * len(methods), desc="explaining", unit="map")
     for i, (path, raw) in enumerate(images):
         stem = _safe_stem(path, used)
         x = ((raw.to(device) - mean.to(device)) / std.to(device))[None]
         with torch.no_grad():
             logits = model_fn(params, x)
+            started = time.perf_counter()
+            model_fn(params, x)                         # timed once warm: what a costly method's passes cost
+            forward = time.perf_counter() - started
         if logits.ndim != 2:
             raise UsageError(f"the model returned outputs of shape {tuple(logits.shape)}; a classifier must return "
                              "[batch, classes]")
@@ -349,6 +351,10 @@ def _explain(args) -> int:
             given = options_for(spelled(info.name), settings, accepted(info))
             options.update({k: v for k, v in given.items() if not ("options" in info.parameters
                                                                      and k in ("samples", "sigma"))})
+            if i == 0:
+                warning = cost_warning(info, options, forward, tuple(x.shape[-2:]), device)
+                if warning:
+                    bar.write(warning)
             start = time.perf_counter()
             try:
                 with reporting(lambda done, total: bar.set_postfix_str(f"{done}/{total} rows", refresh=True)):
@@ -423,6 +429,30 @@ def _concepts(args, model_fn, params, images, mean, std, device, layer, categori
     viz.save(viz.factorization(raw, result, labels=labels), os.path.join(args.out, "factorization.png"))
     for k, name in enumerate(names or []):
         print(f"concept {k}: {name}")
+
+
+LONG = 20.0   # seconds: a method estimated to take longer per image says so before it starts
+
+
+def cost_warning(info, options: dict, forward: float, size, device) -> str | None:
+    """A line saying that ``info`` will take long, and which option bounds it, or ``None``.
+
+    The estimate: the passes its ``cost`` options ask for (RISE's masks, IG's steps, ...) times the time of one
+    forward pass (three for methods that also go backward)."""
+    passes, named = 1, []
+    for name in info.cost:
+        value = options.get(name, getattr(info.parameters.get(name), "default", None))
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            passes *= value
+            named.append(f"{name}={value}")
+    estimate = passes * forward * (1 if info.family == "mask" else 3)
+    if not named or estimate < LONG:
+        return None
+    first, value = named[0].split("=")
+    smaller = max(2, int(int(value) * LONG / estimate))
+    return (f"{info.name}: {', '.join(named)} at {size[0]}×{size[1]} on {device.type} will take about "
+            f"{estimate:.0f} s per image; bound it with --option {spelled(info.name)}.{first}={smaller} "
+            "(fewer passes, a noisier map) or a smaller --resize")
 
 
 GRID_ROWS = 8   # rows of a grid page: a page fits a screen

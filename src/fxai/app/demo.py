@@ -28,6 +28,7 @@ from .demo_scores import BLUR, FAITHFULNESS, LOCALISATION, markdown, no_better_t
 from .._core.batching import reporting
 from .._core.files import DiskFullError, remove_leftovers, write_atomic, write_text
 from .._core.functional import functional
+from .._core.progress import progress_bar
 from ..data.synthetic import CLASS_NAMES, shapes
 from ..models import SmallCNN
 from ..roar import described
@@ -76,8 +77,6 @@ def train(config: DemoConfig, *, seed: int, device: torch.device, checkpoint: st
     returns the trained model at once): a resumed run ends with the same weights
     as an uninterrupted one. ``stop_after`` stops after that many steps (to test resuming).
     """
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     model = SmallCNN(config.classes, width=config.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
@@ -119,8 +118,8 @@ def train(config: DemoConfig, *, seed: int, device: torch.device, checkpoint: st
 
     model.train()
     end = config.steps if stop_after is None else min(config.steps, step + stop_after)
-    bar = tqdm(total=config.steps, initial=step, desc="training", unit="step", disable=not progress or step >= end,
-               dynamic_ncols=True)
+    bar = progress_bar(total=config.steps, initial=step, desc="training", unit="step",
+                       disable=not progress or step >= end)
     try:
         while step < end:
             batch = shapes(config.batch, seed=seed, start=step * config.batch, size=config.size, classes=config.classes,
@@ -161,11 +160,9 @@ def explain_all(model_fn, params, x: torch.Tensor, target: torch.Tensor, *, laye
                 references: torch.Tensor, scale: int | None = None, chunk_size: int | None = 1024, methods=None,
                 progress: bool = True) -> dict:
     """Every method's map of ``x``: ``{name: {"map", "seconds"} or {"skipped": reason} or {"error": message}}``."""
-    from tqdm.auto import tqdm
-
     results = {}
     infos = list(registry.METHODS.values()) if methods is None else [registry.method(m) for m in methods]
-    bar = tqdm(infos, desc="explaining", unit="method", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(infos, desc="explaining", unit="method", disable=not progress)
     for info in bar:
         bar.set_postfix_str(info.name)
         try:
@@ -227,8 +224,6 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
     Example:
         >>> results = fxai.demo.run("demo-out", quick=True)
     """
-    from tqdm.auto import tqdm
-
     config = QUICK if quick else FULL
     dev = loading.resolve_device(device)
     os.makedirs(out, exist_ok=True)
@@ -253,7 +248,7 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
 
     rows, all_curves, heats, origins = {}, {}, {}, {}
     noise = torch.rand(x.shape[0], *size, generator=torch.Generator().manual_seed(seed)).to(dev)
-    bar = tqdm(list(maps) + ["random"], desc="scoring", unit="map", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(list(maps) + ["random"], desc="scoring", unit="map", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
         res = maps.get(name, {"map": noise, "kind": "cam", "family": "random"})
