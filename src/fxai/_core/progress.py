@@ -53,7 +53,7 @@ class LineProgress:
         pass
 
     def set_description(self, desc: str, refresh: bool = True) -> None:
-        self.desc = desc
+        self.desc, self.postfix = desc, ""
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         """The text after the count; within a long step, a line at most every :data:`QUIET` seconds."""

@@ -398,7 +398,7 @@ def _explain(args) -> int:
         grids.append("grid.png" if p == 0 else f"grid-{p + 1}.png")
         viz.save(fig, os.path.join(args.out, grids[-1]))
     if args.concepts:
-        _concepts(args, model_fn, params, images, mean, std, device, layer, categories)
+        _concepts(args, model_fn, params, images, mean, std, device, layer, categories, note)
     width = max(len(n) for n in names)
     print("time per method (all images):")
     for name in names:
@@ -408,7 +408,7 @@ def _explain(args) -> int:
     return 0
 
 
-def _concepts(args, model_fn, params, images, mean, std, device, layer, categories) -> None:
+def _concepts(args, model_fn, params, images, mean, std, device, layer, categories, note: str = "") -> None:
     """Deep Feature Factorization of all the images at the CAM layer: ``factorization.png`` and the concepts' names."""
     import torch
 
@@ -426,7 +426,12 @@ def _concepts(args, model_fn, params, images, mean, std, device, layer, categori
         raise UsageError(f"--concepts: {' '.join(str(err).split())}") from None
     labels = list(categories) if categories else None
     names = viz.concept_labels(result.class_scores, labels=labels) if result.class_scores is not None else None
-    viz.save(viz.factorization(raw, result, labels=labels), os.path.join(args.out, "factorization.png"))
+    with torch.no_grad():
+        top = ranked_batch(model_fn(params, x))
+    titles = [f"{os.path.basename(path)}\n" + (labels[c] if labels else f"class {c}") for (path, _), c in zip(images, top)]
+    title = f"{args.concepts} concepts at {layer!r} (Deep Feature Factorization) over {len(images)} images{note}"
+    viz.save(viz.factorization(raw, result, labels=labels, image_titles=titles, title=title),
+             os.path.join(args.out, "factorization.png"))
     for k, name in enumerate(names or []):
         print(f"concept {k}: {name}")
 
@@ -463,6 +468,11 @@ def ranked(logits) -> list[int]:
     import torch
 
     return [int(c) for c in torch.sort(logits, descending=True, stable=True).indices]
+
+
+def ranked_batch(logits) -> list[int]:
+    """The top class of each row, ties to the lowest index (as :func:`ranked`)."""
+    return [ranked(row)[0] for row in logits]
 
 
 def _constant(flat) -> str:
