@@ -229,7 +229,7 @@ def _is_cam(name: str) -> bool:
     return info is not None and info.kind == "cam"
 
 
-def _concepts(model_fn, params, x, masks, seed: int, out: str, count: int = 3) -> dict:
+def _concepts(model_fn, params, x, target, masks, seed: int, out: str, count: int = 3) -> dict:
     """Deep Feature Factorization of the explained batch at ``features``: ``concepts.png``, and per concept its top
     classes and its relevance mass against the objects' masks (which concept is the object, which the background)."""
     result = deep_feature_factorization(model_fn, params, x, layer="features", concepts=count, head="auto", key=seed)
@@ -237,7 +237,7 @@ def _concepts(model_fn, params, x, masks, seed: int, out: str, count: int = 3) -
     names = viz.concept_labels(result.class_scores, labels=labels)
     with torch.no_grad():
         pred = model_fn(params, x[:6]).argmax(-1).tolist()
-    titles = [f"pred. {labels[p]}" for p in pred]
+    titles = [f"{labels[int(t)]} · pred. {labels[p]}" for t, p in zip(target[:6], pred)]
     viz.save(viz.factorization(x[:6].cpu(), result._replace(maps=result.maps[:6]), labels=labels, image_titles=titles,
                                title=f"{count} concepts of the `features` layer (Deep Feature Factorization) over "
                                      f"{x.shape[0]} images; the first 6 shown"), os.path.join(out, "concepts.png"))
@@ -325,7 +325,7 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
                      highlight=CURVES_SHOWN, title=f"the {CURVES_SHOWN} best methods of each curve in colour"
                      + (QUICK_NOTE if quick else ""))
     viz.save(fig, os.path.join(out, "curves.png"))
-    concepts = _concepts(model_fn, params, x, masks, seed, out)
+    concepts = _concepts(model_fn, params, x, target, masks, seed, out)
 
     results = {
         "config": {**dataclasses.asdict(config), "seed": seed, "device": str(dev), "quick": quick},
