@@ -16,6 +16,8 @@ import torch
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(p.name for p in DOCS.glob("*.md") if p.name != "api.md")
+# pages whose examples take seconds (3 to 11 s each on a busy 2-core machine): run with the slow tests
+SLOW = {"getting-started.md", "perturbation.md", "deeplift.md", "layers.md", "models.md", "metrics.md"}
 BLOCK = re.compile(r"(?:<!-- not run: (?P<why>[^>]*?) -->\n)?^```python\n(?P<code>.*?)^```", flags=re.S | re.M)
 
 
@@ -28,7 +30,7 @@ def test_every_page_is_covered():
     assert {"getting-started.md", "lrp.md", "roar.md", "metrics.md"} <= set(PAGES)
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p for p in PAGES])
 def test_page_examples_run(page, tmp_path, monkeypatch):
     found = blocks(page)
     if not found:
