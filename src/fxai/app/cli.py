@@ -387,14 +387,16 @@ def _explain(args) -> int:
     names = [info.name for info in methods]
     first = next(iter(rows.values()))
     keys = list(rows)
-    pages = [keys[a:a + GRID_ROWS] for a in range(0, len(keys), GRID_ROWS)]
+    bands = -(-(len(names) + 1) // GRID_WRAP)                   # rows of panels per image
+    per_page = max(1, GRID_BANDS // bands)
+    pages = [keys[a:a + per_page] for a in range(0, len(keys), per_page)]
     grids = []
     for p, page in enumerate(pages):
         head = _grid_title(args.sign, methods) + note + (f"\npage {p + 1} of {len(pages)}" if len(pages) > 1 else "")
         fig = viz.grid([images[i][1] for i, _, _ in page], {n: [rows[k][n][0] for k in page] for n in names},
                        row_titles=[f"{stem}\n{label(cls)}\np = {shown[(i, cls)]:.3f}" for i, stem, cls in page],
                        sign={n: first[n][1] for n in names}, origin={n: first[n][2] for n in names}, cell=2.0,
-                       wrap=6, title=head)
+                       wrap=GRID_WRAP, title=head)
         grids.append("grid.png" if p == 0 else f"grid-{p + 1}.png")
         viz.save(fig, os.path.join(args.out, grids[-1]))
     if args.concepts:
@@ -460,7 +462,7 @@ def cost_warning(info, options: dict, forward: float, size, device) -> str | Non
             "(fewer passes, a noisier map) or a smaller --resize")
 
 
-GRID_ROWS = 8   # rows of a grid page: a page fits a screen
+GRID_WRAP, GRID_BANDS = 6, 4   # panels per row, rows per page of grid.png (2-inch cells: a page fits a screen)
 
 
 def ranked(logits) -> list[int]:
