@@ -347,4 +347,5 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
     log(f"\nreport written to {os.path.abspath(out)} (report.md, {', '.join(grids)}, curves.png, concepts.png, "
         f"results.json, {os.path.basename(checkpoint)}) in "
         f"{results['seconds']:.0f} s")
+    log(f"explain its model on other images: fxai explain IMAGE --weights {checkpoint}")
     return results

@@ -173,7 +173,7 @@ def _colorbar(fig, axes, cmap: str, low: float, high: float, label: str):
     from matplotlib.colors import Normalize
 
     if low == high:                                  # a constant map: a scale of one unit, said in the label
-        label += f"; the map is {'0' if low == 0 else f'{low:.3g}'} everywhere"
+        label += f"\nthe map is {'0' if low == 0 else f'{low:.3g}'} everywhere"
         high = low + (1.0 if low >= 0 else -1.0)
     mappable = ScalarMappable(Normalize(min(low, high), max(low, high)), matplotlib.colormaps[cmap])
     if high < low:                                   # "negative": the top of the scale is the most negative value
