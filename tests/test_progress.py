@@ -8,7 +8,7 @@ import torch
 
 from fxai import registry
 from fxai._core.progress import LineProgress, progress_bar
-from fxai.app.cli import cost_warning
+from fxai.app.explain_notes import cost_warning
 
 
 def test_a_log_gets_a_line_per_step_or_per_percent():

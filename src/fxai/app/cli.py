@@ -12,6 +12,8 @@ import re
 import sys
 
 from .cli_methods import accepted, check_options, help_epilog, options_for, parse_methods, parse_options, spelled
+from .explain_notes import (GRID_BANDS, GRID_WRAP, RANDOM_WEIGHTS, constant_cause, constant_text, cost_warning,
+                            grid_title, ranked, ranked_batch)
 from .loading import UsageError
 
 EXIT_ERROR = 2
@@ -204,9 +206,6 @@ def _file_name(method: str) -> str:
     return method.replace("(", "-").replace(")", "")
 
 
-RANDOM_WEIGHTS = "random weights: maps describe an untrained network"
-
-
 def _load_model(args, device):
     """``(module in eval mode on device, class names or None, preprocessing, untrained)``.
 
@@ -370,14 +369,14 @@ def _explain(args) -> int:
             flat = heat.flatten(-2) if len(picked) > 1 else heat.flatten(-2)[:, None]
             constant = [cls for k, cls in enumerate(picked) if bool((flat[0, k] == flat[0, k, :1]).all())]
             if constant:
-                bar.write(f"{stem}: {info.name}: the map is {_constant(flat[0, 0])} for "
-                          f"{', '.join(label(c) for c in constant)}; {_constant_cause(untrained, logits[0])}")
+                bar.write(f"{stem}: {info.name}: the map is {constant_text(flat[0, 0])} for "
+                          f"{', '.join(label(c) for c in constant)}; {constant_cause(untrained, logits[0])}")
             for k, cls in enumerate(picked):
                 h = heat[0, k] if len(picked) > 1 else heat[0]
                 suffix = f"_c{cls}" if len(picked) > 1 else ""
                 title = f"{info.name} · {label(cls)} (p = {float(probs[cls]):.3f})\n{os.path.basename(path)}{note}"
                 if cls in constant:
-                    title += f"\nthe map is {_constant(h.flatten())}"
+                    title += f"\nthe map is {constant_text(h.flatten())}"
                 fig = viz.explanation(raw, h, title=title, sign=sign, origin=origin)
                 viz.save(fig, os.path.join(args.out, f"{stem}_{_file_name(info.name)}{suffix}.png"))
                 rows.setdefault((i, stem, cls), {})[info.name] = (h, sign, origin)
@@ -392,7 +391,7 @@ def _explain(args) -> int:
     pages = [keys[a:a + per_page] for a in range(0, len(keys), per_page)]
     grids = []
     for p, page in enumerate(pages):
-        head = _grid_title(args.sign, methods) + note + (f"\npage {p + 1} of {len(pages)}" if len(pages) > 1 else "")
+        head = grid_title(args.sign, methods) + note + (f"\npage {p + 1} of {len(pages)}" if len(pages) > 1 else "")
         fig = viz.grid([images[i][1] for i, _, _ in page], {n: [rows[k][n][0] for k in page] for n in names},
                        row_titles=[f"{stem}\n{label(cls)}\np = {shown[(i, cls)]:.3f}" for i, stem, cls in page],
                        sign={n: first[n][1] for n in names}, origin={n: first[n][2] for n in names}, cell=2.0,
@@ -436,77 +435,6 @@ def _concepts(args, model_fn, params, images, mean, std, device, layer, categori
              os.path.join(args.out, "factorization.png"))
     for k, name in enumerate(names or []):
         print(f"concept {k}: {name}")
-
-
-LONG = 20.0   # seconds: a method estimated to take longer per image says so before it starts
-
-
-def cost_warning(info, options: dict, forward: float, size, device) -> str | None:
-    """A line saying that ``info`` will take long, and which option bounds it, or ``None``.
-
-    The estimate: the passes its ``cost`` options ask for (RISE's masks, IG's steps, ...) times the time of one
-    forward pass (three for methods that also go backward)."""
-    passes, named = 1, []
-    for name in info.cost:
-        value = options.get(name, getattr(info.parameters.get(name), "default", None))
-        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
-            passes *= value
-            named.append(f"{name}={value}")
-    estimate = passes * forward * (1 if info.family == "mask" else 3)
-    if not named or estimate < LONG:
-        return None
-    first, value = named[0].split("=")
-    smaller = max(2, int(int(value) * LONG / estimate))
-    return (f"{info.name}: {', '.join(named)} at {size[0]}×{size[1]} on {device.type} will take about "
-            f"{estimate:.0f} s per image; bound it with --option {spelled(info.name)}.{first}={smaller} "
-            "(fewer passes, a noisier map) or a smaller --resize")
-
-
-GRID_WRAP, GRID_BANDS = 6, 4   # panels per row, rows per page of grid.png (2-inch cells: a page fits a screen)
-
-
-def ranked(logits) -> list[int]:
-    """Class indices by decreasing score; ties in index order (the console and the figures agree)."""
-    import torch
-
-    return [int(c) for c in torch.sort(logits, descending=True, stable=True).indices]
-
-
-def ranked_batch(logits) -> list[int]:
-    """The top class of each row, ties to the lowest index (as :func:`ranked`)."""
-    return [ranked(row)[0] for row in logits]
-
-
-def _constant(flat) -> str:
-    value = float(flat[0])
-    return "identically zero" if value == 0 else f"constant ({value:.3g} everywhere)"
-
-
-def _constant_cause(untrained: bool, logits) -> str:
-    if bool((logits == logits[0]).all()):
-        return ("every class has the same score: the output does not depend on the input (e.g. a zero-initialised "
-                "head, as a random ViT's)" + (f"; {RANDOM_WEIGHTS}" if untrained else ""))
-    if untrained:
-        return f"likely cause: {RANDOM_WEIGHTS} (e.g. a zero-initialised layer)"
-    return "likely cause: the class score does not depend on the input at this layer (e.g. a dead or zero layer)"
-
-
-def _grid_title(sign: str, methods) -> str:
-    """What the grid shows, for the kinds of methods that ran only."""
-    from .. import viz
-
-    parts = []
-    if any(m.kind == "pixel" for m in methods):
-        parts.append(f"pixel maps: {_SIGN_TEXT[sign]}")
-    if any(m.kind == "cam" and viz.origin_for(m.kind, m.family) == "zero" for m in methods):
-        parts.append("CAMs: positive part")
-    if any(viz.origin_for(m.kind, m.family) == "min" for m in methods):
-        parts.append("RISE: above its minimum")
-    return "; ".join(parts)
-
-
-_SIGN_TEXT = {"positive": "positive part of the channel sum", "negative": "negative part of the channel sum",
-              "absolute": "|a| summed over channels", "all": "channel sum, signed"}
 
 
 if __name__ == "__main__":
