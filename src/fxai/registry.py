@@ -21,6 +21,7 @@ from types import MappingProxyType
 
 from .attribution import class_activation, full_grad, gradient, gradient_cams, guided, integrated, masked_cams, masks
 from .attribution import deeplift, lrp, smooth
+from .attribution import paths
 
 KINDS = ("pixel", "cam", "transform")
 FAMILIES = ("gradient", "relevance", "cam", "mask", "transform")
@@ -92,6 +93,8 @@ _ALL = [
     MethodInfo("integrated_gradients", integrated.integrated_gradients, cost={"steps": 128}, quick={"steps": 4}),
     MethodInfo("expected_gradients", integrated.expected_gradients, needs=("references",), cost={"samples": 128},
                quick={"samples": 4}),
+    MethodInfo("blur_ig", paths.blur_ig, cost={"steps": 100}, quick={"steps": 4, "max_sigma": 4.0}),
+    MethodInfo("guided_ig", paths.guided_ig, cost={"steps": 200}, quick={"steps": 4}),
     MethodInfo("guided_backprop", guided.guided_backprop),
     MethodInfo("deconvnet", guided.deconvnet),
     MethodInfo("deeplift", deeplift.deeplift, family="relevance"),
