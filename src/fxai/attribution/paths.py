@@ -126,6 +126,7 @@ def blur_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, max
     Example:
         >>> big = fxai.blur_ig(model_fn, params, x, 3, max_sigma=8.0, steps=16)
     """
+    check_input(x)
     check_input(x, exact_ndim=4)
     if not isinstance(grad_step, (int, float)) or isinstance(grad_step, bool) or not grad_step > 0:
         raise ValueError(f"grad_step must be a positive number, got {grad_step!r}")
