@@ -25,6 +25,7 @@ from .attribution.integrated import path_rule as path_rule
 from .attribution.lrp import lrp as lrp
 from .attribution.paths import blur_ig as blur_ig
 from .attribution.paths import guided_ig as guided_ig
+from .attribution.xrai import xrai as xrai
 from .attribution.layer_space import at_layer as at_layer
 from .attribution.layer_space import layer_conductance as layer_conductance
 from .attribution.neurons import LayerOutput as LayerOutput
@@ -92,6 +93,7 @@ __all__ = [
     "score_cam",
     "segmentation_target",
     "xgrad_cam",
+    "xrai",
     "deconvnet",
     "deep_feature_factorization",
     "deeplift",

@@ -21,7 +21,7 @@ from types import MappingProxyType
 
 from .attribution import class_activation, full_grad, gradient, gradient_cams, guided, integrated, masked_cams, masks
 from .attribution import deeplift, lrp, smooth
-from .attribution import paths
+from .attribution import paths, xrai
 
 KINDS = ("pixel", "cam", "transform")
 FAMILIES = ("gradient", "relevance", "cam", "mask", "transform")
@@ -95,6 +95,8 @@ _ALL = [
                quick={"samples": 4}),
     MethodInfo("blur_ig", paths.blur_ig, cost={"steps": 100}, quick={"steps": 4, "max_sigma": 4.0}),
     MethodInfo("guided_ig", paths.guided_ig, cost={"steps": 200}, quick={"steps": 4}),
+    MethodInfo("xrai", xrai.xrai, kind="cam", cost={"steps": 100}, quick={"steps": 4, "min_pixel_diff": 4,
+                                                                          "segment_size": None}),
     MethodInfo("guided_backprop", guided.guided_backprop),
     MethodInfo("deconvnet", guided.deconvnet),
     MethodInfo("deeplift", deeplift.deeplift, family="relevance"),
