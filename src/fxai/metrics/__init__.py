@@ -28,6 +28,9 @@ from .perturbation import insertion as insertion
 from .perturbation import auc as auc
 from .perturbation import aopc as aopc
 from .road import road as road
+from .pic import pic as pic
+from .pic import sic as sic
+from .pic import aic as aic
 from .road import road_combined as road_combined
 from .robustness import infidelity as infidelity
 from .robustness import max_sensitivity as max_sensitivity
@@ -44,6 +47,7 @@ from .complexity import complexity as complexity
 
 __all__ = [
     "Imputer",
+    "aic",
     "aopc",
     "auc",
     "blur",
@@ -60,6 +64,7 @@ __all__ = [
     "morf",
     "noisy_linear",
     "perturbation_curve",
+    "pic",
     "pointing_game",
     "randomisation",
     "randomised_params",
@@ -71,6 +76,7 @@ __all__ = [
     "road",
     "road_combined",
     "selectivity",
+    "sic",
     "sparseness",
     "spearman",
     "ssim",

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from .complexity import complexity, sparseness
 from .localisation import pointing_game, relevance_mass, relevance_rank
 from .perturbation import deletion, insertion, lerf, morf, selectivity
+from .pic import aic, sic
 from .randomisation import randomisation
 from .road import road
 from .robustness import infidelity, max_sensitivity
@@ -62,6 +63,10 @@ _ALL = [
     MetricInfo("deletion", deletion, "model", "curve", False, quick={"steps": 4}),
     MetricInfo("insertion", insertion, "model", "curve", True, quick={"steps": 4}),
     MetricInfo("road", road, "model", "curve", False, quick={"fractions": (0.25, 0.5)}),
+    MetricInfo("sic", sic, "model", "curve", True, quick={"num_data_points": 8, "thresholds": (0.1, 0.3, 0.6),
+                                                          "value_range": (-3.0, 3.0)}),
+    MetricInfo("aic", aic, "model", "curve", True, quick={"num_data_points": 8, "thresholds": (0.1, 0.3, 0.6),
+                                                          "value_range": (-3.0, 3.0)}),
     MetricInfo("infidelity", infidelity, "model", "score", False, quick={"samples": 4}),
     MetricInfo("max_sensitivity", max_sensitivity, "model", "score", False, needs=("method",),
                quick={"samples": 3}),
