@@ -17,7 +17,7 @@ saliency_core = pytest.importorskip("saliency.core")
 def pair_call(model, target, dtype=torch.float64):
     """The torch model as PAIR's ``call_model_function``: images ``[N, H, W, C]`` in, input gradients out."""
     def call(batch, call_model_args=None, expected_keys=None):
-        t = torch.tensor(np.asarray(batch), dtype=dtype).permute(0, 3, 1, 2).requires_grad_()
+        t = torch.tensor(np.asarray(batch), dtype=dtype).permute(0, 3, 1, 2).contiguous().requires_grad_()
         (g,) = torch.autograd.grad(model(t)[:, target].sum(), t)
         return {saliency_core.INPUT_OUTPUT_GRADIENTS: g.permute(0, 2, 3, 1).numpy()}
     return call

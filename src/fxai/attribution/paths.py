@@ -46,10 +46,11 @@ def blur_matrices(sigmas, size: int, *, truncate: float = TRUNCATE) -> torch.Ten
 
 
 def blurred(x: torch.Tensor, sigmas) -> torch.Tensor:
-    """``x [B, C, H, W]`` blurred by each sigma: ``[S, B, C, H, W]`` (each channel alone, zero padding)."""
-    kh = blur_matrices(sigmas, x.shape[-2]).to(x)
-    kw = kh if x.shape[-1] == x.shape[-2] else blur_matrices(sigmas, x.shape[-1]).to(x)
-    return torch.einsum("sbciw,sjw->sbcij", torch.einsum("sih,bchw->sbciw", kh, x), kw)
+    """``x [B, C, H, W]`` blurred by each sigma: ``[S, B, C, H, W]`` in float64 (each channel alone, zero padding)."""
+    kh = blur_matrices(sigmas, x.shape[-2]).to(x.device)
+    kw = kh if x.shape[-1] == x.shape[-2] else blur_matrices(sigmas, x.shape[-1]).to(x.device)
+    wide = x.to(torch.float64)  # float64 whatever x's dtype: the finite difference divides by grad_step
+    return torch.einsum("sbciw,sjw->sbcij", torch.einsum("sih,bchw->sbciw", kh, wide), kw)
 
 
 SPACINGS = ("linear", "sqrt")
@@ -138,8 +139,9 @@ def blur_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, max
     total = 0
     for a in range(0, steps, per_pass):
         sig = sigmas[a:a + per_pass].tolist()
-        path = blurred(x, sig)
-        slope = (blurred(x, [s + grad_step for s in sig]) - path) / grad_step
+        wide = blurred(x, sig)
+        slope = ((blurred(x, [s + grad_step for s in sig]) - wide) / grad_step).to(x.dtype)
+        path = wide.to(x.dtype)
         grads = unstack(input_gradients(model_fn, params, path.flatten(0, 1), target, chunk_size=chunk_size),
                         len(sig))
         weighted = slope * deltas[a:a + per_pass].to(x).view(-1, 1, 1, 1, 1)
@@ -148,7 +150,8 @@ def blur_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, max
         total = total + (weighted * grads).sum(0)
     if not return_error:
         return total
-    start = blurred(x, [math.sqrt(max_sigma) if spacing == "sqrt" else float(max_sigma)])[0]  # L(x, sigma(0))
+    start_sigma = math.sqrt(max_sigma) if spacing == "sqrt" else float(max_sigma)
+    start = blurred(x, [start_sigma])[0].to(x.dtype)  # L(x, sigma(0)), the path's start
     both = scores(model_fn, params, torch.cat([x, start]), target, chunk_size=chunk_size)
     sums = total.flatten(start_dim=both.ndim).sum(-1)
     return total, sums - (both[:batch] - both[batch:])

@@ -36,7 +36,7 @@ def xrai_segments(image: torch.Tensor, *, dilation_radius: int = 5,
         (torch.bool, torch.Size([32, 32]))
     """
     from skimage import segmentation
-    from skimage.morphology import dilation, disk
+    from skimage.morphology import disk
     from skimage.transform import resize as resized
 
     check_input(image, name="image", exact_ndim=3)
@@ -55,11 +55,32 @@ def xrai_segments(image: torch.Tensor, *, dilation_radius: int = 5,
         seg = segmentation.felzenszwalb(im, scale=scale, sigma=FELZENSZWALB_SIGMA, min_size=FELZENSZWALB_MIN_SIZE)
         if segment_size is not None:
             seg = resized(seg, shape, order=0, preserve_range=True, mode="constant", anti_aliasing=False).astype(int)
-        masks += [seg == label for label in range(seg.min(), seg.max() + 1)]
+        seg = torch.from_numpy(seg)
+        masks.append(seg[None] == torch.arange(int(seg.min()), int(seg.max()) + 1)[:, None, None])
+    masks = torch.cat(masks)
     if dilation_radius:
-        footprint = disk(dilation_radius)
-        masks = [dilation(m, footprint=footprint) for m in masks]
-    return torch.from_numpy(np.stack(masks)).to(image.device)
+        masks = _dilated(masks, disk(dilation_radius))
+    return masks.to(image.device)
+
+
+def _dilated(masks: torch.Tensor, footprint: np.ndarray) -> torch.Tensor:
+    """Binary dilation of ``masks [M, H, W]`` by a symmetric footprint whose rows are centred runs (a disk):
+    the union over its rows of a horizontal run (counted by a cumulative sum) shifted by the row's offset."""
+    r, h, w = footprint.shape[0] // 2, masks.shape[1], masks.shape[2]
+    cums = masks.to(torch.int32).cumsum(-1, dtype=torch.int32)
+    cums = torch.cat([cums.new_zeros(*cums.shape[:2], r + 1), cums, cums[..., -1:].expand(-1, -1, r)], -1)
+    pooled, out = {}, torch.zeros_like(masks)
+    for dy in range(-r, r + 1):
+        half = int(footprint[dy + r].sum()) // 2
+        if half not in pooled:  # any pixel of the mask in [j - half, j + half]
+            start = r + 1 + half
+            pooled[half] = cums[..., start:start + w] > cums[..., start - 2 * half - 1:start - 2 * half - 1 + w]
+        row = pooled[half]
+        if dy >= 0:
+            out[:, :h - dy] |= row[:, dy:]
+        else:
+            out[:, -dy:] |= row[:, :h + dy]
+    return out
 
 
 def _region_means(values: torch.Tensor, labels: torch.Tensor, regions: int) -> torch.Tensor:
