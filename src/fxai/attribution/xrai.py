@@ -118,10 +118,14 @@ def xrai_regions(attribution: torch.Tensor, segments: torch.Tensor, *, algorithm
     covered = torch.zeros_like(masks[0])
     added: list[tuple[torch.Tensor, float]] = []
     if algorithm == "full":
-        weights = masks.double()
-        counts, sums = masks.sum(1), weights @ a
+        # Each mask's count and sum over the pixels not yet covered, updated by the pixels each step covers
+        # (pixel-major masks: a step reads only its new pixels' rows).
+        by_pixel = masks.t().contiguous()
+        counts = masks.sum(1)
+        sums = torch.cat([masks[i:i + 64].double() @ a for i in range(0, masks.shape[0], 64)])
         alive = torch.ones(masks.shape[0], dtype=torch.bool, device=masks.device)
-        while float(covered.double().mean()) <= area_threshold:
+        area, pixels = 0, masks.shape[1]
+        while area / pixels <= area_threshold:
             alive &= counts >= min_pixel_diff
             if not bool(alive.any()):
                 break
@@ -131,9 +135,11 @@ def xrai_regions(attribution: torch.Tensor, segments: torch.Tensor, *, algorithm
             added.append((new, float(gains[best])))
             covered = covered | masks[best]
             alive[best] = False
-            cols = new.nonzero()[:, 0]
-            counts = counts - masks[:, cols].sum(1)
-            sums = sums - weights[:, cols] @ a[cols]
+            rows = new.nonzero()[:, 0]
+            area += len(rows)
+            hit = by_pixel[rows]
+            counts = counts - hit.sum(0)
+            sums = sums - a[rows] @ hit.double()
     else:
         counts = masks.sum(1)
         gains = torch.where(counts > 0, (masks.double() @ a) / counts.clamp_min(1), -math.inf)
