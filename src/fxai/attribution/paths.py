@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .._core.batching import auto_chunk, input_gradients, needs_graph, scores, unstack
@@ -162,6 +163,19 @@ def _isclose(a: torch.Tensor, b: torch.Tensor, tol: float) -> torch.Tensor:
     return (a - b).abs() <= torch.maximum(tol * torch.maximum(a.abs(), b.abs()), torch.full_like(a, tol))
 
 
+def _kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest value (1-based) of each row of ``values [P, N]``, as ``[P, 1]``: numpy's
+    partition on the CPU (several times faster than ``kthvalue``), ``kthvalue`` elsewhere."""
+    if values.device.type == "cpu":
+        try:
+            array = values.numpy()
+        except RuntimeError:  # a tensor wrapped by a torch.func transform
+            pass
+        else:
+            return torch.from_numpy(np.partition(array, k - 1, axis=1)[:, k - 1:k])
+    return values.kthvalue(k, dim=1, keepdim=True).values
+
+
 def _paths_of(x: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target, int]:
     """One path per (input, target column): rows ``[K * B, ...]`` (column-major) and one target per row."""
     if not target.multi:
@@ -217,6 +231,7 @@ def guided_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, b
     start = as_baseline(baseline, x).repeat(k, *([1] * (x.ndim - 1))).flatten(1).double()
     span = end - start
     moving = span != 0
+    safe_span = torch.where(moving, span, 1).detach()
     l1_total = span.abs().sum(1)
     n = span.shape[1]
     rank = int(math.floor(fraction * (n - 1))) + 1  # numpy's quantile(..., method="lower"), 1-based
@@ -232,17 +247,20 @@ def guided_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, b
         l1_target = l1_total * (1 - (step + 1) / steps)
         before = point
         active = l1_total > 0
+        first = True
         while bool(active.any()):
-            with torch.no_grad():
-                where_on_line = torch.where(moving, (point - start) / torch.where(moving, span, 1), alpha_max)
-                behind = (where_on_line < alpha_min) & active[:, None]
-            point = torch.where(behind, x_min, point)
+            if first:  # later rounds only move features up toward x_max: none falls behind again
+                with torch.no_grad():
+                    where_on_line = torch.where(moving, (point - start) / safe_span, alpha_max)
+                    behind = (where_on_line < alpha_min) & active[:, None]
+                point = torch.where(behind, x_min, point)
+                first = False
             l1_current = (point - end).abs().sum(1)
             with torch.no_grad():
                 active = active & ~_isclose(l1_target, l1_current, 1e-9)
                 grad = torch.where(point == x_max, math.inf, grad)
                 magnitude = grad.abs()
-                threshold = magnitude.kthvalue(rank, dim=1, keepdim=True).values
+                threshold = _kth_smallest(magnitude, rank)
                 chosen = (magnitude <= threshold) & (grad != math.inf) & active[:, None]
             l1_chosen = ((point - x_max).abs() * chosen).sum(1)
             gamma = torch.where(l1_chosen > 0, (l1_current - l1_target) / torch.where(l1_chosen > 0, l1_chosen, 1),
