@@ -215,3 +215,17 @@ def test_path_options_are_checked(model64):
         fxai.blur_ig(model_fn, params, X.double(), 1, grad_step=0)
     with pytest.raises(ValueError, match="fraction"):
         fxai.guided_ig(model_fn, params, X.double(), 1, fraction=1.5)
+
+
+def test_pair_blur_ig_batches_weight_every_point_by_the_last_step(model64):
+    # A quirk of PAIR's BlurIG (not of the paper): with batch_size > 1 every point of a batch is weighted by
+    # the sigma step of the batch's last point. Linear spacing has equal steps, so nothing shows; with
+    # sqrt=True the answer depends on batch_size. fxai's map is PAIR's with batch_size=1.
+    model, model_fn, params = model64
+    x = X[:1].double()
+    one = saliency_core.BlurIG().GetMask(hwc(x[0]), pair_call(model, 1), max_sigma=6.0, steps=12, sqrt=True)
+    four = saliency_core.BlurIG().GetMask(hwc(x[0]), pair_call(model, 1), max_sigma=6.0, steps=12, sqrt=True,
+                                          batch_size=4)
+    ours = fxai.blur_ig(model_fn, params, x, 1, max_sigma=6.0, steps=12, spacing="sqrt", chunk_size=4)
+    assert np.abs(one - four).max() > 0.05 * np.abs(one).max()
+    np.testing.assert_allclose(hwc(ours[0]), one, rtol=0, atol=1e-12 * np.abs(one).max())

@@ -95,3 +95,21 @@ def test_xrai_options_are_checked():
         fxai.xrai(model_fn, params, x, 1, steps=2, baselines=[])
     with pytest.raises(ValueError, match="xrai_regions"):
         xrai_regions(torch.rand(16, 16), torch.ones(3, 8, 8, dtype=torch.bool))
+
+
+def test_pair_baselines_are_the_images_extremes_not_black_and_white():
+    # The paper's XRAI integrates from a black and a white image; PAIR (and fxai's default) from the image's
+    # own minimum and maximum, which are black and white only for images that reach 0 and 1.
+    model_fn, params = fxai.functional(make_tiny_cnn().double())
+    x = 0.1 + 0.8 * torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    opts = dict(steps=8, segment_size=(64, 64), min_pixel_diff=4, dilation_radius=1)
+    paper = fxai.xrai(model_fn, params, x, 1, baselines=[0.0, 1.0], **opts)
+    ig = sum(fxai.integrated_gradients(model_fn, params, x, 1, baseline=b, steps=8) for b in (0.0, 1.0)) / 2
+    expected, ranks = xrai_regions(ig[0].amax(0), xrai_segments(x[0], segment_size=(64, 64), dilation_radius=1),
+                                   min_pixel_diff=4)
+    assert ranks.max() > 5
+    torch.testing.assert_close(paper[0], expected)
+    default = fxai.xrai(model_fn, params, x, 1, **opts)
+    extremes = fxai.xrai(model_fn, params, x, 1, baselines=[float(x.min()), float(x.max())], **opts)
+    torch.testing.assert_close(default, extremes)
+    assert (default - paper).abs().max() > 0.05 * paper.abs().max()
