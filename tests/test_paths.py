@@ -194,10 +194,10 @@ def test_guided_ig_with_no_deviation_is_ig_left_riemann(model64):
 def test_guided_ig_completeness_and_linear_model(model64):
     _, model_fn, params = model64
     x = X.double()
-    gig = fxai.guided_ig(model_fn, params, x, 1, steps=400)
+    gig = fxai.guided_ig(model_fn, params, x, 1, steps=100)
     logits = model_fn(params, torch.cat([x, torch.zeros_like(x)]))[:, 1]
     gap = logits[:2] - logits[2:]
-    assert ((gig.sum((1, 2, 3)) - gap).abs() < 0.03 * gap.abs()).all()
+    assert ((gig.sum((1, 2, 3)) - gap).abs() < 0.03 * gap.abs()).all()  # 1.1 % and 0.9 % here
     # A linear model: any monotone path gives w * (x - b) exactly.
     w = torch.randn(3 * 16 * 16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     lin = lambda p, z: z.flatten(1) @ p["w"]  # noqa: E731

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from .._core.batching import auto_chunk, input_gradients, needs_graph, scores, unstack
+from .._core.batching import auto_chunk, input_gradients, scores, unstack
 from .._core.checks import as_baseline, check_choice, check_input, check_positive_int
 from .._core.docs import documented
 from .._core.targets import Target, TargetLike, as_target
@@ -58,7 +58,7 @@ SPACINGS = ("linear", "sqrt")
 
 
 def blur_rule(method: str, steps: int, max_sigma: float, spacing: str = "linear"):
-    r"""Sigmas :math:`\sigma_s` and signed weights :math:`\Delta_s` for :math:`\int_{\sigma(0)}^{\sigma(1)} g(\sigma)\,d\sigma`.
+    r"""Sigmas :math:`\sigma_s` and signed weights :math:`\Delta_s` for :math:`\int_{\sigma(0)}^{\sigma(1)} g\,d\sigma`.
 
     The path runs from the blurred image (:math:`\alpha = 0`) to the image (:math:`\alpha = 1`):
     :math:`\sigma(\alpha) = \sigma_{\max}(1 - \alpha)` (``"linear"``) or
@@ -106,7 +106,7 @@ def blur_rule(method: str, steps: int, max_sigma: float, spacing: str = "linear"
 def blur_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, max_sigma: float = 50.0,
             steps: int = 100, grad_step: float = 0.01, spacing: str = "linear", method: str = "riemann_right",
             chunk_size: int | None = None, return_error: bool = False):
-    r"""Blur IG: Integrated Gradients along the path of Gaussian blurs :math:`L(x, \sigma)` from :math:`\sigma_{\max}` to 0.
+    r"""Blur IG: Integrated Gradients along Gaussian blurs :math:`L(x, \sigma)`, from :math:`\sigma_{\max}` to 0.
 
     .. math:: \mathrm{BlurIG}(x) = \int_{\sigma_{\max}}^{0} \frac{\partial L(x, \sigma)}{\partial \sigma}
               \odot \nabla f_c\big(L(x, \sigma)\big)\, d\sigma
@@ -270,7 +270,5 @@ def guided_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, b
             point = torch.where(chosen, moved, point)
             active = active & full[:, 0]
         attribution = attribution + (point - before) * grad_actual
-    if isinstance(attribution, int):
-        attribution = torch.zeros_like(end)
     out = attribution.to(x.dtype).view_as(rows)
     return out if k == 1 else out.view(k, *x.shape).movedim(0, 1)
