@@ -229,3 +229,38 @@ def test_pair_blur_ig_batches_weight_every_point_by_the_last_step(model64):
     ours = fxai.blur_ig(model_fn, params, x, 1, max_sigma=6.0, steps=12, spacing="sqrt", chunk_size=4)
     assert np.abs(one - four).max() > 0.05 * np.abs(one).max()
     np.testing.assert_allclose(hwc(ours[0]), one, rtol=0, atol=1e-12 * np.abs(one).max())
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    return (model,) + fxai.functional(model)
+
+
+@pytest.mark.slow
+def test_guided_ig_equals_pair_on_resnet18_float32(resnet, numpy2_quantile):
+    # PAIR's defaults (200 steps) on a real network in float32: the paths stay the same when both sides
+    # compute the gradients the same way (a contiguous batch; see pair_call).
+    model, model_fn, params = resnet
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours = fxai.guided_ig(model_fn, params, x, 7)
+    ref = saliency_core.GuidedIG().GetMask(hwc(x[0]), pair_call(model, 7, torch.float32))
+    assert np.abs(hwc(ours[0]) - ref).max() < 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.slow
+def test_blur_ig_on_resnet18_float32_is_pairs_on_float64_blurs(resnet):
+    # PAIR's float32 blurs put ~1e-7 / grad_step of rounding into its map; fxai blurs in float64, and equals
+    # PAIR run on a float64 copy of the image (the same float32 model, the same 8 rows per pass: the
+    # terms of the sum cancel, so even the batch's float32 rounding of the gradients shows) to 1e-5.
+    model, model_fn, params = resnet
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ours = hwc(fxai.blur_ig(model_fn, params, x, 7, chunk_size=8)[0])
+    call = pair_call(model, 7, torch.float32)
+    ref64 = saliency_core.BlurIG().GetMask(hwc(x[0]).astype(np.float64), call, batch_size=8)
+    ref32 = saliency_core.BlurIG().GetMask(hwc(x[0]), call, batch_size=8)
+    scale = np.abs(ref64).max()
+    assert np.abs(ours - ref64).max() < 1e-5 * scale
+    assert np.abs(ours - ref32).max() < 0.05 * scale  # PAIR's own float32 rounding

@@ -141,14 +141,15 @@ def blur_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, max
     for a in range(0, steps, per_pass):
         sig = sigmas[a:a + per_pass].tolist()
         wide = blurred(x, sig)
-        slope = ((blurred(x, [s + grad_step for s in sig]) - wide) / grad_step).to(x.dtype)
+        slope = (blurred(x, [s + grad_step for s in sig]) - wide) / grad_step
         path = wide.to(x.dtype)
         grads = unstack(input_gradients(model_fn, params, path.flatten(0, 1), target, chunk_size=chunk_size),
                         len(sig))
-        weighted = slope * deltas[a:a + per_pass].to(x).view(-1, 1, 1, 1, 1)
+        weighted = slope * deltas[a:a + per_pass].to(x.device).view(-1, 1, 1, 1, 1)
         if grads.ndim > weighted.ndim:  # K targets: [S, B, K, ...]
             weighted = weighted.unsqueeze(2)
-        total = total + (weighted * grads).sum(0)
+        total = total + (weighted * grads.double()).sum(0)  # summed in float64: the terms cancel
+    total = total.to(x.dtype)
     if not return_error:
         return total
     start_sigma = math.sqrt(max_sigma) if spacing == "sqrt" else float(max_sigma)
