@@ -264,3 +264,18 @@ def test_blur_ig_on_resnet18_float32_is_pairs_on_float64_blurs(resnet):
     scale = np.abs(ref64).max()
     assert np.abs(ours - ref64).max() < 1e-5 * scale
     assert np.abs(ours - ref32).max() < 0.05 * scale  # PAIR's own float32 rounding
+
+
+def test_exact_sigma_derivative():
+    # grad_step=None: the kernel's exact derivative, = central differences between the radius's jumps, and
+    # Blur IG with it = Blur IG with a vanishing finite-difference step.
+    x = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for sigma in (0.3, 1.7, 5.0, 12.0):
+        h = 1e-6
+        fd = (paths.blurred(x, [sigma + h]) - paths.blurred(x, [sigma - h])) / (2 * h)
+        torch.testing.assert_close(paths.blurred(x, [sigma], derivative=True), fd, rtol=0, atol=1e-8)
+    assert not paths.blurred(x, [0.0], derivative=True).any()
+    model_fn, params = fxai.functional(make_tiny_cnn().double())
+    exact = fxai.blur_ig(model_fn, params, X.double(), 1, max_sigma=6.0, steps=16, grad_step=None)
+    fine = fxai.blur_ig(model_fn, params, X.double(), 1, max_sigma=6.0, steps=16, grad_step=1e-7)
+    torch.testing.assert_close(exact, fine, rtol=0, atol=1e-5 * float(exact.abs().max()))

@@ -16,13 +16,14 @@ from .integrated import RULES, path_rule
 TRUNCATE = 4.0  # the kernel radius in sigmas, as scipy.ndimage.gaussian_filter
 
 
-def blur_matrices(sigmas, size: int, *, truncate: float = TRUNCATE) -> torch.Tensor:
+def blur_matrices(sigmas, size: int, *, truncate: float = TRUNCATE, derivative: bool = False) -> torch.Tensor:
     r"""Gaussian blurs along one image axis as matrices ``[S, size, size]`` (float64), one per sigma.
 
     Row ``i`` of matrix ``s`` holds :math:`k_s(j - i)`, the kernel of ``scipy.ndimage.gaussian_filter``:
     :math:`k(d) \propto e^{-d^2 / 2\sigma^2}` for :math:`|d| \le \lfloor 4\sigma + 1/2 \rfloor`, normalised
     to sum to 1, zero padding outside the image (``mode="constant"``). Sigma 0 is the identity. An image
-    ``X [H, W]`` blurs as ``K_H X K_Wᵀ``.
+    ``X [H, W]`` blurs as ``K_H X K_Wᵀ``. With ``derivative``, the matrices of
+    :math:`\partial k / \partial\sigma = k\,(d^2 - \sum_e k(e)\, e^2) / \sigma^3` (the radius held fixed).
 
     Example:
         >>> k = blur_matrices([0.0, 2.0], 16)
@@ -36,22 +37,34 @@ def blur_matrices(sigmas, size: int, *, truncate: float = TRUNCATE) -> torch.Ten
     out = []
     for s in sigmas:
         if s == 0:
-            out.append(torch.eye(size, dtype=torch.float64))
+            out.append(torch.zeros(size, size, dtype=torch.float64) if derivative
+                       else torch.eye(size, dtype=torch.float64))
             continue
         radius = int(truncate * s + 0.5)
         offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        norm = torch.exp(-0.5 / (s * s) * offsets ** 2).sum()
-        k = torch.exp(-0.5 / (s * s) * d ** 2) / norm
+        phi = torch.exp(-0.5 / (s * s) * offsets ** 2)
+        k = torch.exp(-0.5 / (s * s) * d ** 2) / phi.sum()
+        if derivative:
+            k = k * (d ** 2 - (phi * offsets ** 2).sum() / phi.sum()) / s ** 3
         out.append(torch.where(d.abs() <= radius, k, torch.zeros(())))
     return torch.stack(out)
 
 
-def blurred(x: torch.Tensor, sigmas) -> torch.Tensor:
-    """``x [B, C, H, W]`` blurred by each sigma: ``[S, B, C, H, W]`` in float64 (each channel alone, zero padding)."""
-    kh = blur_matrices(sigmas, x.shape[-2]).to(x.device)
-    kw = kh if x.shape[-1] == x.shape[-2] else blur_matrices(sigmas, x.shape[-1]).to(x.device)
+def blurred(x: torch.Tensor, sigmas, *, derivative: bool = False) -> torch.Tensor:
+    """``x [B, C, H, W]`` blurred by each sigma: ``[S, B, C, H, W]`` in float64 (each channel alone, zero
+    padding); with ``derivative``, its exact derivative with respect to sigma (the kernel's radius held)."""
+    def both(deriv):
+        kh = blur_matrices(sigmas, x.shape[-2], derivative=deriv).to(x.device)
+        return kh, kh if x.shape[-1] == x.shape[-2] else blur_matrices(sigmas, x.shape[-1], derivative=deriv).to(
+            x.device)
+
     wide = x.to(torch.float64)  # float64 whatever x's dtype: the finite difference divides by grad_step
-    return torch.einsum("sbciw,sjw->sbcij", torch.einsum("sih,bchw->sbciw", kh, wide), kw)
+    kh, kw = both(False)
+    if not derivative:
+        return torch.einsum("sbciw,sjw->sbcij", torch.einsum("sih,bchw->sbciw", kh, wide), kw)
+    dh, dw = both(True)
+    return (torch.einsum("sbciw,sjw->sbcij", torch.einsum("sih,bchw->sbciw", dh, wide), kw)
+            + torch.einsum("sbciw,sjw->sbcij", torch.einsum("sih,bchw->sbciw", kh, wide), dw))
 
 
 SPACINGS = ("linear", "sqrt")
@@ -98,13 +111,14 @@ def blur_rule(method: str, steps: int, max_sigma: float, spacing: str = "linear"
 @documented(max_sigma="the largest blur's Gaussian sigma, in pixels (the path's start).",
             steps="number of path points.",
             grad_step="sigma step of the finite difference :math:`\\partial L / \\partial\\sigma \\approx "
-                      "(L(\\sigma + h) - L(\\sigma)) / h`.",
+                      "(L(\\sigma + h) - L(\\sigma)) / h` (PAIR's), or ``None`` for the exact derivative of the "
+                      "kernel (:func:`blur_matrices`).",
             spacing="``\"linear\"`` (sigma linear in the path parameter) or ``\"sqrt\"`` (see :func:`blur_rule`).",
             method="a rule of :func:`fxai.path_rule`; ``\"riemann_right\"`` is PAIR's sum.",
             return_error="also return the completeness error :math:`\\sum \\mathrm{BlurIG} - (f_c(x) - "
                          "f_c(L(\\sigma(0))))`, shape ``[B]`` (or ``[B, K]``).")
 def blur_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, max_sigma: float = 50.0,
-            steps: int = 100, grad_step: float = 0.01, spacing: str = "linear", method: str = "riemann_right",
+            steps: int = 100, grad_step: float | None = 0.01, spacing: str = "linear", method: str = "riemann_right",
             chunk_size: int | None = None, return_error: bool = False):
     r"""Blur IG: Integrated Gradients along Gaussian blurs :math:`L(x, \sigma)`, from :math:`\sigma_{\max}` to 0.
 
@@ -130,8 +144,9 @@ def blur_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, max
     """
     check_input(x)
     check_input(x, exact_ndim=4)
-    if not isinstance(grad_step, (int, float)) or isinstance(grad_step, bool) or not grad_step > 0:
-        raise ValueError(f"grad_step must be a positive number, got {grad_step!r}")
+    if grad_step is not None and (not isinstance(grad_step, (int, float)) or isinstance(grad_step, bool)
+                                  or not grad_step > 0):
+        raise ValueError(f"grad_step must be a positive number or None (the exact derivative), got {grad_step!r}")
     sigmas, deltas = blur_rule(method, steps, max_sigma, spacing)
     chunk_size = auto_chunk(chunk_size, x)
     target = as_target(target, x).fixed(model_fn, params, x)
@@ -141,7 +156,10 @@ def blur_ig(model_fn, params, x: torch.Tensor, target: TargetLike = None, *, max
     for a in range(0, steps, per_pass):
         sig = sigmas[a:a + per_pass].tolist()
         wide = blurred(x, sig)
-        slope = (blurred(x, [s + grad_step for s in sig]) - wide) / grad_step
+        if grad_step is None:
+            slope = blurred(x, sig, derivative=True)
+        else:
+            slope = (blurred(x, [s + grad_step for s in sig]) - wide) / grad_step
         path = wide.to(x.dtype)
         grads = unstack(input_gradients(model_fn, params, path.flatten(0, 1), target, chunk_size=chunk_size),
                         len(sig))
