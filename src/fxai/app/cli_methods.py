@@ -16,6 +16,7 @@ import json
 import re
 import sys
 
+from .._core.checks import closest, unknown_name
 from .loading import UsageError
 
 _OLD_SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)\s*$")
@@ -87,12 +88,12 @@ def parse_methods(text: str, settings: dict) -> list:
     for name in dict.fromkeys(names):
         transform, _, base = name.rpartition(":")
         if base not in METHODS:
-            raise UsageError(f"unknown method {base!r} in --method; available: {', '.join(METHODS)}")
+            raise UsageError(unknown_name("method", base, METHODS) + " (in --method)")
         if not transform:
             rows.append(METHODS[base])
             continue
         if transform not in TRANSFORMS:
-            raise UsageError(f"unknown transform {transform!r} in --method {name}; available: {', '.join(TRANSFORMS)}")
+            raise UsageError(unknown_name("transform", transform, TRANSFORMS) + f" (in --method {name})")
         given = {k: v for k, v in options_for(name, settings).items() if k in ("samples", "sigma")}
         rows.append(applied(TRANSFORMS[transform], METHODS[base], **given))
     return rows
@@ -188,14 +189,18 @@ def check_options(options: dict, methods: list) -> None:
         for name in value:
             if name not in accepted(chosen[method]):
                 takes = sorted(accepted(chosen[method]) - set(_RESERVED))
-                raise UsageError(f"--option {method}.{name}: {method} does not take {name!r}; it takes: "
+                close = closest(name, takes)
+                hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+                raise UsageError(f"--option {method}.{name}: {method} does not take {name!r}; {hint}it takes: "
                                  f"{', '.join(takes) or 'no options'}")
     for name in (k for k, v in options.items() if not isinstance(v, dict)):
         if not any(name in accepted(info) for info in methods):
             takes = sorted(set().union(*(accepted(info) for info in methods)) - set(_RESERVED))
             chosen = ", ".join(m.name for m in methods)
+            close = closest(name, takes)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
             raise UsageError(f"--option {name}: none of the chosen methods ({chosen}) takes "
-                             f"{name!r}; they take: {', '.join(takes) or 'no options'}")
+                             f"{name!r}; {hint}they take: {', '.join(takes) or 'no options'}")
 
 
 def help_epilog() -> str:
