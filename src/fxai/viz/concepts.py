@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .maps import _figure, _image_rgb
+from .canvas import figure, image_rgb
 
 
 
@@ -46,7 +46,7 @@ def concept_overlay(image, maps, *, colours=None, alpha: float = 0.7) -> np.ndar
     """
     if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    rgb = _image_rgb(image)
+    rgb = image_rgb(image)
     maps = torch.as_tensor(maps).detach().to("cpu", torch.float32)
     if maps.ndim != 3 or tuple(maps.shape[1:]) != rgb.shape[:2]:
         raise ValueError(f"maps must be [K, H, W] with the image's size {rgb.shape[:2]}, got shape {tuple(maps.shape)}"
@@ -134,7 +134,7 @@ def factorization(images, result, *, labels: Sequence[str] | None = None, top: i
     legend_height = 0.22 * k + 0.3
     title = f"Deep Feature Factorization: {k} concepts" if title is None else title
     head = 0.25 * (title.count("\n") + 1) + 0.1
-    fig = _figure(max(cell * columns, 4.5), cell * rows + legend_height + head + (0.25 if image_titles else 0))
+    fig = figure(max(cell * columns, 4.5), cell * rows + legend_height + head + (0.25 if image_titles else 0))
     axes = fig.subplots(rows, columns, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
@@ -144,7 +144,7 @@ def factorization(images, result, *, labels: Sequence[str] | None = None, top: i
             continue
         shown = images[i]
         if gray:
-            shown = _image_rgb(shown).mean(-1)
+            shown = image_rgb(shown).mean(-1)
         ax.imshow(concept_overlay(shown, maps[i], colours=colours, alpha=alpha), interpolation="nearest")
         if image_titles is not None:
             ax.set_title(image_titles[i], fontsize=8)

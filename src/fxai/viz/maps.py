@@ -17,6 +17,7 @@ import torch
 from .. import postprocess
 from .._core.checks import check_choice
 from .._core.files import write_atomic
+from .canvas import figure, image_rgb
 
 SIGNS = ("positive", "negative", "absolute", "all")
 ORIGINS = ("zero", "min")
@@ -34,17 +35,6 @@ def origin_for(kind: str, family: str) -> str:
         ('min', 'zero')
     """
     return "min" if kind == "cam" and family == "mask" else "zero"
-
-
-def _image_rgb(image) -> np.ndarray:
-    """``[C, H, W]`` (C = 1, 3 or 4) or ``[H, W]`` tensor/array in [0, 1] -> float array ``[H, W, 3]``."""
-    img = torch.as_tensor(image).detach().to("cpu", torch.float32)
-    if img.ndim == 2:
-        img = img[None]
-    if img.ndim != 3 or img.shape[0] not in (1, 3, 4):
-        raise ValueError(f"image must be [C, H, W] with C in (1, 3, 4) or [H, W], got shape {tuple(img.shape)}")
-    img = img[:3] if img.shape[0] == 4 else img.expand(3, -1, -1)
-    return img.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def _heat(amap, reduce: str | None, sign: str) -> torch.Tensor:
@@ -149,22 +139,13 @@ def overlay(image, amap, *, alpha: float = 0.8, sign: str = "positive", cmap: st
     """
     if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    rgb = _image_rgb(image)
+    rgb = image_rgb(image)
     colours = colorize(amap, sign=sign, cmap=cmap, clip=clip, reduce=reduce, origin=origin)
     if colours.shape[:2] != rgb.shape[:2]:
         raise ValueError(f"map of size {colours.shape[:2]} does not match image of size {rgb.shape[:2]}; "
                          "resize it with fxai.postprocess.upsample(map, size)")
     weight = alpha * scale_map(amap, sign=sign, clip=clip, reduce=reduce, origin=origin).abs().numpy()[..., None]
     return ((1 - weight) * rgb + weight * colours).astype(np.float32)
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _colorbar(fig, axes, cmap: str, low: float, high: float, label: str):
@@ -203,9 +184,9 @@ def explanation(image, amap, *, title: str | None = None, sign: str = "positive"
     """
     scaled, low, high = _scaled(amap, sign, clip, reduce, origin)
     rgb = overlay(image, amap, alpha=alpha, sign=sign, cmap=cmap, clip=clip, reduce=reduce, origin=origin)
-    fig = _figure(2 * cell + 1.0, cell + (0.45 * (title.count("\n") + 1) if title else 0.1))
+    fig = figure(2 * cell + 1.0, cell + (0.45 * (title.count("\n") + 1) if title else 0.1))
     axes = fig.subplots(1, 2, squeeze=False)[0]
-    for ax, panel, name in zip(axes, (_image_rgb(image), rgb), ("input", "map")):
+    for ax, panel, name in zip(axes, (image_rgb(image), rgb), ("input", "map")):
         ax.imshow(panel, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -268,17 +249,17 @@ def grid(images, maps: Mapping[str, object] | None = None, *, masks=None, row_ti
     bands = -(-len(kinds) // per_row)                 # rows of panels per image
     rows, cols = (len(kinds), count) if transpose else (count * bands, per_row)
     head = 0.22 * (title.count("\n") + 1) + 0.1 if title else 0.0
-    fig = _figure(max(cell * cols + (1.4 if colorbar else 0.3), 3.0 if title else 0.0), cell * rows + 0.2 + head)
+    fig = figure(max(cell * cols + (1.4 if colorbar else 0.3), 3.0 if title else 0.0), cell * rows + 0.2 + head)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_frame_on(False)
     for i in range(count):
-        panels = [_image_rgb(images[i])]
+        panels = [image_rgb(images[i])]
         if masks is not None:
             mask = torch.as_tensor(masks[i]).float().cpu().numpy()[..., None]
-            panels.append(_image_rgb(images[i]) * (0.25 + 0.75 * mask))     # outside the object: darkened
+            panels.append(image_rgb(images[i]) * (0.25 + 0.75 * mask))     # outside the object: darkened
         for name, m in maps.items():
             panels.append(None if m[i] is None else overlay(images[i], torch.as_tensor(m[i]), alpha=alpha,
                                                             sign=signs[name], cmap=cmap, clip=clip,
@@ -336,7 +317,7 @@ def curves(data: Mapping[str, tuple], *, title: str | None = None, xlabel: str =
         raise ValueError(f"highlight must be a non-negative int or None, got {highlight!r}")
     if highlight is not None:
         longest = min(longest, highlight + 2)
-    fig = _figure((4.2 + (2.8 if longest else 0)) * len(panels), max(3.4, 0.17 * longest + 1.0))
+    fig = figure((4.2 + (2.8 if longest else 0)) * len(panels), max(3.4, 0.17 * longest + 1.0))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for i, (ax, panel) in enumerate(zip(axes, panels)):
         k = 0
