@@ -256,7 +256,8 @@ def test_demo_quick_end_to_end(tmp_path):
         scores = results["methods"][name]["scores"]
         assert 0 <= scores["relevance mass"] <= 1 and scores["pointing game"] in [k / 8 for k in range(9)]
     report = (out / "report.md").read_text()
-    assert "| gradient |" in report and "![coherence grid](grid.png)" in report
+    assert "| gradient |" in report and "![coherence grid, page 1](grid.png)" in report
+    assert results["grids"] == ["grid.png", "grid-2.png", "grid-3.png"] and (out / "grid-3.png").exists()
     assert "untrained" in report and "noisy linear imputation" in report and "blurred copy" in report
     assert "gradient" in proc.stdout and "random (chance)" in proc.stdout and "untrained" in proc.stdout
     for name, row in results["methods"].items():     # the flags are the comparisons with the random map

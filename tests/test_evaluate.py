@@ -143,3 +143,22 @@ def test_a_failing_method_is_reported_not_fatal(model):
     assert "no such layer" in result["errors"]["broken/sparseness"]
     assert result["table"]["broken"] == {} and result["table"]["gradient"]["sparseness"]["n"] == 2
     assert any("broken/sparseness: not scored" in line for line in E.markdown(result))
+
+
+def test_cli_takes_the_one_spelling_of_methods_and_options(tmp_path, capsys, model):
+    """``--method TRANSFORM:METHOD`` and ``--option [METHOD.]NAME=VALUE``, as in explain, roar and extract; the
+    options reach the method (IG with 2 steps differs from IG with 8)."""
+    from fxai.app import cli
+
+    args = ["evaluate", "--synthetic", "2", "--method", "integrated_gradients,smoothgrad:gradient", "--metrics",
+            "sparseness", "--device", "cpu", "--option", "integrated_gradients.steps=2", "--option", "samples=2"]
+    assert cli.main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert "| smoothgrad(gradient) |" in capsys.readouterr().out
+    first = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert first["settings"]["options"] == {"integrated_gradients": {"steps": 2}, "samples": 2}
+    assert set(first["scores"]) == {"integrated_gradients", "smoothgrad(gradient)", "random"}
+    assert cli.main(args[:-4] + ["--option", "integrated_gradients.steps=8", "--out", str(tmp_path / "b")]) == 0
+    second = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert first["scores"]["integrated_gradients"] != second["scores"]["integrated_gradients"]
+    assert cli.main(args[:-4] + ["--option", "stepz=2", "--out", str(tmp_path / "c")]) == 2
+    assert "did you mean 'steps'" in capsys.readouterr().err

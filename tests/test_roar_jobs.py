@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -48,6 +49,21 @@ def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
         jobs.write_grid(str(tmp_path / "g"), [{"id": "a"}, {"id": "a"}], {})
     with pytest.raises(ValueError, match="job ids"):
         jobs.write_grid(str(tmp_path / "h"), [{"id": "a/b"}], {})
+
+
+def test_a_claim_of_a_gone_process_on_this_machine_is_taken_at_once_others_wait(tmp_path):
+    folder = str(tmp_path)
+    jobs.write_grid(folder, [{"id": "a"}, {"id": "b"}], {"x": 1})
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for job, host in (("a", platform.node()), ("b", platform.node() + "-elsewhere")):
+        with open(os.path.join(folder, "claims", f"{job}.0"), "w") as fh:
+            json.dump({"worker": "w0", "host": host, "pid": gone.pid, "time": time.time()}, fh)
+    taken = jobs.try_claim(folder, "a", worker="w1", stale_after=600)
+    assert taken is not None and taken.path.endswith("a.1")
+    assert jobs.try_claim(folder, "b", worker="w1", stale_after=600) is None        # another machine: wait
+    alive = jobs.try_claim(folder, "a", worker="w2", stale_after=600)               # this process holds a.1
+    assert alive is None
 
 
 def test_job_list_and_config_guard(tmp_path):
@@ -138,12 +154,13 @@ def test_a_killed_worker_is_resumed_to_the_same_results(tmp_path):
     p.wait()
     claims = os.listdir(out / "grid" / "claims")
     assert len(claims) <= 1, claims  # the job in flight, if the kill came after its claim
-    assert pipeline.work(str(out), stale_after=60, poll=0.1, max_jobs=3, progress=False) == 3  # the free ones
-    time.sleep(1.1)
-    assert pipeline.work(str(out), stale_after=1.0, poll=0.1, progress=False) == 1  # the dead worker's job
+    # the free ones and the dead worker's (same machine, its process gone): taken at once, no stale wait
+    assert pipeline.work(str(out), stale_after=600, poll=0.1, progress=False) == 4
     assert _accuracies(out) == _accuracies(ref)
     report = fxai.roar.write_report(str(out))
     assert report["finished"] == 6 and not report["errors"]
+    summary = (out / "report" / "summary.md").read_text()
+    assert "(64 training and 32 test images of 16×16)" in summary
 
 
 @pytest.mark.slow

@@ -37,9 +37,11 @@ def test_scale_map_percentile_clipping_and_channels():
 
 def test_colorize_uses_the_colormap():
     rgb = viz.colorize(MAP, sign="all", clip=100)
-    bwr = matplotlib.colormaps["bwr"]
-    assert np.allclose(rgb[1, 0], bwr(0.5)[:3])        # 0 stays at the centre of the diverging map
-    assert np.allclose(rgb[1, 1], bwr(1.0)[:3]) and np.allclose(rgb[0, 0], bwr(0.25)[:3])
+    diverging = matplotlib.colormaps["coolwarm"]        # centred on 0 for signed maps
+    assert np.allclose(rgb[1, 0], diverging(0.5)[:3])  # 0 stays at the centre of the diverging map
+    assert np.allclose(rgb[1, 1], diverging(1.0)[:3]) and np.allclose(rgb[0, 0], diverging(0.25)[:3])
+    inferno = matplotlib.colormaps["inferno"]          # perceptually uniform, dark at 0, for magnitudes
+    assert np.allclose(viz.colorize(MAP, clip=100)[1, 1], inferno(1.0)[:3])
     assert np.allclose(viz.colorize(MAP, cmap="viridis", clip=100)[1, 1], matplotlib.colormaps["viridis"](1.0)[:3])
 
 
@@ -47,9 +49,13 @@ def test_overlay_blends_image_and_colours():
     image = torch.rand(3, 2, 2, generator=torch.Generator().manual_seed(0))
     assert np.allclose(viz.overlay(image, MAP, alpha=0.0), image.permute(1, 2, 0).numpy())
     colours = viz.colorize(MAP, sign="positive")
-    assert np.allclose(viz.overlay(image, MAP, alpha=1.0), colours)
+    weight = viz.scale_map(MAP, sign="positive").numpy()[..., None]          # as much colour as the map is large
+    full = viz.overlay(image, MAP, alpha=1.0)
+    assert np.allclose(full, (1 - weight) * image.permute(1, 2, 0).numpy() + weight * colours)
+    assert np.allclose(full[weight[..., 0] == 0], image.permute(1, 2, 0).numpy()[weight[..., 0] == 0])  # input visible
+    assert np.allclose(full[weight[..., 0] == 1], colours[weight[..., 0] == 1])
     half = viz.overlay(image, MAP, alpha=0.5)
-    assert np.allclose(half, 0.5 * image.permute(1, 2, 0).numpy() + 0.5 * colours)
+    assert np.allclose(half, (1 - 0.5 * weight) * image.permute(1, 2, 0).numpy() + 0.5 * weight * colours)
     gray = viz.overlay(image[:1], MAP, alpha=0.0)      # one channel shown as gray
     assert np.allclose(gray[..., 0], gray[..., 2]) and np.allclose(gray[..., 0], image[0].numpy())
 
@@ -77,7 +83,7 @@ def test_grid_and_curves_write_pngs(tmp_path):
     maps = {"a": torch.randn(3, 16, 16, generator=gen), "b": torch.randn(3, 3, 16, 16, generator=gen)}
     masks = torch.rand(3, 16, 16, generator=gen) > 0.7
     fig = viz.grid(images, maps, masks=masks, row_titles=["x", "y", "z"], sign={"b": "all"}, title="t")
-    assert len(fig.axes) == 3 * 4 + 2                  # two colour bars: jet for "a", bwr for the signed "b"
+    assert len(fig.axes) == 3 * 4 + 2                  # two colour bars: inferno for "a", coolwarm for the signed "b"
     assert [ax.get_title() for ax in fig.axes[:4]] == ["input", "ground truth", "a", "b"]
     pixels = _png(viz.save(fig, tmp_path / "sub" / "grid.png"))
     assert pixels.shape[0] > 100 and pixels.std() > 10
@@ -120,12 +126,15 @@ def test_explanation_figure_has_a_colour_bar_in_the_maps_units(tmp_path):
     assert fig._suptitle.get_text().startswith("grad_cam · class 3")
     fig = viz.explanation(image, 5 + amap, origin="min", clip=100)
     bar = fig.axes[-1]
-    assert sorted(bar.get_ylim()) == pytest.approx([5.0, 7.0]) and "from its minimum" in bar.get_ylabel()
+    assert sorted(bar.get_ylim()) == pytest.approx([0.0, 2.0]) and "a − min(a)" in bar.get_ylabel()  # ticks = label
     pixels = _png(viz.save(fig, tmp_path / "e.png"))
     assert pixels.shape[0] >= 300 and pixels.shape[1] >= 600          # panels of 300 px at 100 dpi
-    jet = matplotlib.colormaps["jet"]
-    right = np.asarray(jet(1.0)[:3]) * 0.5 + 0.5 * 0.5                  # the map's right edge blended over gray
+    inferno = matplotlib.colormaps["inferno"]
+    right = np.asarray(inferno(1.0)[:3]) * 0.8 + 0.2 * 0.5              # the map's right edge blended over gray
     assert np.abs(pixels.reshape(-1, 3) / 255 - right).sum(1).min() < 0.02
+    fig = viz.explanation(image, torch.zeros(32, 32))                  # a zero map: a 0..1 scale that says so
+    bar = fig.axes[-1]
+    assert sorted(bar.get_ylim()) == pytest.approx([0.0, 1.0]) and "the map is 0 everywhere" in bar.get_ylabel()
 
 
 def test_grid_wraps_into_rows_of_large_cells(tmp_path):

@@ -23,6 +23,9 @@ from .attribution.integrated import expected_gradients as expected_gradients
 from .attribution.integrated import integrated_gradients as integrated_gradients
 from .attribution.integrated import path_rule as path_rule
 from .attribution.lrp import lrp as lrp
+from .attribution.paths import blur_ig as blur_ig
+from .attribution.paths import guided_ig as guided_ig
+from .attribution.xrai import xrai as xrai
 from .attribution.layer_space import at_layer as at_layer
 from .attribution.layer_space import layer_conductance as layer_conductance
 from .attribution.neurons import LayerOutput as LayerOutput
@@ -78,6 +81,7 @@ __all__ = [
     "LayerOutput",
     "ablation_cam",
     "at_layer",
+    "blur_ig",
     "cam",
     "compiled",
     "eigen_cam",
@@ -111,6 +115,7 @@ __all__ = [
     "smooth_grad_cam_plus_plus",
     "is_cam",
     "ss_cam",
+    "xrai",
     "deconvnet",
     "deep_feature_factorization",
     "deeplift",
@@ -121,6 +126,7 @@ __all__ = [
     "functional",
     "gradient",
     "guided_backprop",
+    "guided_ig",
     "input_x_gradient",
     "integrated_gradients",
     "lrp",

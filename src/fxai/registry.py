@@ -22,6 +22,7 @@ from types import MappingProxyType
 from ._core.checks import unknown_name
 from .attribution import class_activation, full_grad, gradient, gradient_cams, guided, integrated, masked_cams, masks
 from .attribution import deeplift, lrp, smooth
+from .attribution import paths, xrai
 from .attribution import cam_variants
 
 KINDS = ("pixel", "cam", "transform")
@@ -83,6 +84,12 @@ class MethodInfo:
         return "key" in self.parameters
 
 
+def _xrai_segments(size) -> dict:
+    """Small images segment at 4x their size (up to PAIR's 224x224): Felzenszwalb at 224x224 per image would
+    cost the CLI and the demo seconds per image of 16x16."""
+    return {} if min(size) >= 112 else {"segment_size": tuple(min(224, 4 * s) for s in size)}
+
+
 def _occlusion_window(size) -> dict:
     window = max(2, min(size) // 8)
     return {"window": window, "stride": max(1, window // 2)}
@@ -94,6 +101,10 @@ _ALL = [
     MethodInfo("integrated_gradients", integrated.integrated_gradients, cost={"steps": 128}, quick={"steps": 4}),
     MethodInfo("expected_gradients", integrated.expected_gradients, needs=("references",), cost={"samples": 128},
                quick={"samples": 4}),
+    MethodInfo("blur_ig", paths.blur_ig, cost={"steps": 100}, quick={"steps": 4, "max_sigma": 4.0}),
+    MethodInfo("guided_ig", paths.guided_ig, cost={"steps": 200}, quick={"steps": 4}),
+    MethodInfo("xrai", xrai.xrai, kind="cam", cost={"steps": 100}, sized=_xrai_segments,
+               quick={"steps": 4, "min_pixel_diff": 4, "segment_size": None}),
     MethodInfo("guided_backprop", guided.guided_backprop),
     MethodInfo("deconvnet", guided.deconvnet),
     MethodInfo("deeplift", deeplift.deeplift, family="relevance"),

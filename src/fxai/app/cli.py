@@ -11,7 +11,9 @@ import os
 import re
 import sys
 
-from .cli_methods import accepted, check_options, help_epilog, parse_methods, parse_options
+from .cli_methods import accepted, check_options, help_epilog, options_for, parse_methods, parse_options, spelled
+from .explain_notes import (GRID_BANDS, GRID_WRAP, RANDOM_WEIGHTS, constant_cause, constant_text, cost_warning,
+                            grid_title, ranked, ranked_batch)
 from .loading import UsageError
 
 EXIT_ERROR = 2
@@ -61,9 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--method", default=DEFAULT_METHODS,
                     help="comma-separated methods, 'all', or TRANSFORM:METHOD for a smoothed method (e.g. "
                          "smoothgrad_sq:gradient) (default: %(default)s); see the lists below")
-    ex.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+    ex.add_argument("--option", action="append", default=[], metavar="[METHOD.]NAME=VALUE",
                     help="a method option, e.g. steps=64, num_masks=4000, window=16,16, samples=25 (repeatable; "
-                         "given to every chosen method that takes it; see the lists below)")
+                         "given to every chosen method that takes it, or to one: rise.num_masks=500; see the lists "
+                         "below)")
     ex.add_argument("--chunk-size", type=int, default=64, metavar="N",
                     help="at most N stacked inputs per forward/backward pass (memory bound; default: %(default)s)")
     ex.add_argument("--target", default="top1", help="a class index, top1 or topK, e.g. top3 (default: %(default)s)")
@@ -212,13 +215,37 @@ def _file_name(method: str) -> str:
 
 
 def _load_model(args, device):
-    """``(module in eval mode on device, class names or None, preprocessing)``."""
-    from .loading import build_model, classes_in, load_weights, pretrained, read_weights
-    from .zoo import DEFAULT, is_zoo_name, load_model
+    """``(module in eval mode on device, class names or None, preprocessing, untrained)``.
 
+    Without ``--weights`` or ``--pretrained`` the weights are drawn from ``--seed`` (two runs agree) and
+    ``untrained`` is true; a model file that describes its network (the demo's ``model.pt``, ``fxai roar``'s
+    ``model.safetensors``) is rebuilt from its own description, given as ``--weights`` or ``--model``."""
+    import torch
+
+    from ..roar import described
+    from .loading import build_model, classes_in, load_weights, pretrained, read_weights
+    from .zoo import DEFAULT, Preprocessing, is_zoo_name, load_model
+
+    for path in (args.weights, args.model):
+        found = described.read(path) if path else None
+        if found is not None:
+            if path == args.model and args.weights:
+                raise UsageError(f"--model {path} holds its own weights; leave out --weights")
+            desc, state = found
+            try:
+                module = described.rebuild(desc, state)
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise UsageError(f"{path} describes a model that cannot be rebuilt: {' '.join(str(err).split())[:300]}")\
+                    from None
+            size = desc.get("size")
+            prep = Preprocessing(resize=size, crop=size, mean=tuple(desc["mean"]), std=tuple(desc["std"]))
+            return module.to(device), desc.get("class_names"), prep, False
+
+    torch.manual_seed(args.seed)                                # random weights are the seed's
     if is_zoo_name(args.model):
         module, categories, prep = load_model(args.model, weights=args.weights, pretrained=args.pretrained)
-        return module.to(device).eval(), categories, prep
+        untrained = args.model.startswith("timm:") and not (args.weights or args.pretrained)
+        return module.to(device).eval(), categories, prep, untrained
 
     module, weights = build_model(args.model)
     categories = list(weights.meta.get("categories", ())) if weights is not None else None
@@ -235,16 +262,15 @@ def _load_model(args, device):
         load_weights(module, state, args.weights)
     else:
         categories = None                                       # random weights: class names would mislead
-    return module.to(device).eval(), categories, DEFAULT
+    return module.to(device).eval(), categories, DEFAULT, not (args.weights or args.pretrained)
 
 
 def _explain(args) -> int:
     import time
 
     import torch
-    from tqdm.auto import tqdm
-
     from .. import postprocess, registry, viz
+    from .._core.progress import progress_bar
     from .._core.batching import reporting
     from .._core.discovery import resolve_layers
     from .._core.functional import functional
@@ -275,13 +301,17 @@ def _explain(args) -> int:
             raise UsageError(f"image file not found: {path}")
     _check_writable(args.out)
 
-    module, categories, prep = _load_model(args, device)
+    module, categories, prep, untrained = _load_model(args, device)
+    note = f"\n{RANDOM_WEIGHTS}" if untrained else ""
     channels = input_channels(module)
     mean = torch.tensor(_floats(args.mean, prep.mean, "mean", channels)).view(-1, 1, 1)
     std = torch.tensor(_floats(args.std, prep.std, "std", channels)).view(-1, 1, 1)
     resize, interpolation = (tuple(args.resize), "bilinear") if args.resize else ((prep.resize, prep.crop),
                                                                                    prep.interpolation)
     images = load_images(args.images, channels, args.keep_size, resize, interpolation)
+    if untrained:
+        print(f"{RANDOM_WEIGHTS} (drawn from --seed {args.seed}; pass --weights FILE or --pretrained to explain a "
+              "trained one)")
 
     model_fn, params = functional(module)
     layer = args.layer
@@ -295,13 +325,16 @@ def _explain(args) -> int:
     def label(c: int) -> str:
         return f"{c} {categories[c]}" if categories else f"class {c}"
 
-    used, rows, seconds = set(), {}, dict.fromkeys([m.name for m in methods], 0.0)
-    bar = tqdm(total=len(images) * len(methods), unit="map", dynamic_ncols=True, disable=None)
+    used, rows, shown, seconds = set(), {}, {}, dict.fromkeys([m.name for m in methods], 0.0)
+    bar = progress_bar(total=len(images) * len(methods), desc="explaining", unit="map")
     for i, (path, raw) in enumerate(images):
         stem = _safe_stem(path, used)
         x = ((raw.to(device) - mean.to(device)) / std.to(device))[None]
         with torch.no_grad():
             logits = model_fn(params, x)
+            started = time.perf_counter()
+            model_fn(params, x)                         # timed once warm: what a costly method's passes cost
+            forward = time.perf_counter() - started
         if logits.ndim != 2:
             raise UsageError(f"the model returned outputs of shape {tuple(logits.shape)}; a classifier must return "
                              "[batch, classes]")
@@ -311,9 +344,13 @@ def _explain(args) -> int:
         if mode == "top" and value > classes:
             raise UsageError(f"--target top{value} asks for more classes than the model has ({classes})")
         probs = probabilities(logits)[0]
-        top = probs.topk(min(5, classes))
-        bar.write(f"{path}: " + ", ".join(f"{label(int(c))} ({float(p):.3f})" for p, c in zip(top.values, top.indices)))
-        picked = [value] if mode == "index" else [int(c) for c in logits[0].topk(value).indices]
+        order = ranked(logits[0])
+        bar.write(f"{path}: " + ", ".join(f"{label(c)} ({float(probs[c]):.3f})" for c in order[:5]))
+        picked = [value] if mode == "index" else order[:value]
+        tied = [c for c in order if c not in picked and bool(logits[0, c] == logits[0, picked[-1]])]
+        if tied:
+            bar.write(f"  ties: {label(picked[-1])} has the same score as {len(tied)} other classes (e.g. "
+                      f"{', '.join(label(c) for c in tied[:3])}); the lowest index is explained")
         target = torch.tensor([picked], device=device) if len(picked) > 1 else torch.tensor(picked, device=device)
         if needs_layer and layer is None:
             (layer,) = resolve_layers(model_fn, None, params=params, x=x)
@@ -324,9 +361,13 @@ def _explain(args) -> int:
             bar.set_description(f"{stem}: {info.name}")
             options = registry.options(info, size=x.shape[-2:], layer=layer, key=args.seed, references=references,
                                        chunk_size=args.chunk_size)
-            takes = accepted(info)
-            options.update({k: v for k, v in settings.items() if k in takes and not (
-                "options" in info.parameters and k in ("samples", "sigma"))})
+            given = options_for(spelled(info.name), settings, accepted(info))
+            options.update({k: v for k, v in given.items() if not ("options" in info.parameters
+                                                                     and k in ("samples", "sigma"))})
+            if i == 0:
+                warning = cost_warning(info, options, forward, tuple(x.shape[-2:]), device)
+                if warning:
+                    bar.write(warning)
             start = time.perf_counter()
             try:
                 with reporting(lambda done, total: bar.set_postfix_str(f"{done}/{total} rows", refresh=True)):
@@ -339,34 +380,50 @@ def _explain(args) -> int:
             heat = postprocess.heatmap(amap, kind=info.kind, reduce="abs_sum" if sign == "absolute" else "sum",
                                        size=x.shape[-2:]).cpu()
             torch.save(amap[0].cpu().clone(), os.path.join(args.out, f"{stem}_{_file_name(info.name)}.pt"))
+            flat = heat.flatten(-2) if len(picked) > 1 else heat.flatten(-2)[:, None]
+            constant = [cls for k, cls in enumerate(picked) if bool((flat[0, k] == flat[0, k, :1]).all())]
+            if constant:
+                bar.write(f"{stem}: {info.name}: the map is {constant_text(flat[0, 0])} for "
+                          f"{', '.join(label(c) for c in constant)}; {constant_cause(untrained, logits[0])}")
             for k, cls in enumerate(picked):
                 h = heat[0, k] if len(picked) > 1 else heat[0]
                 suffix = f"_c{cls}" if len(picked) > 1 else ""
-                title = f"{info.name} · {label(cls)} (p = {float(probs[cls]):.3f})\n{os.path.basename(path)}"
+                title = f"{info.name} · {label(cls)} (p = {float(probs[cls]):.3f})\n{os.path.basename(path)}{note}"
+                if cls in constant:
+                    title += f"\nthe map is {constant_text(h.flatten())}"
                 fig = viz.explanation(raw, h, title=title, sign=sign, origin=origin)
                 viz.save(fig, os.path.join(args.out, f"{stem}_{_file_name(info.name)}{suffix}.png"))
                 rows.setdefault((i, stem, cls), {})[info.name] = (h, sign, origin)
+                shown[(i, cls)] = float(probs[cls])
             bar.update(1)
     bar.close()
     names = [info.name for info in methods]
     first = next(iter(rows.values()))
-    fig = viz.grid([images[i][1] for i, _, _ in rows], {n: [r[n][0] for r in rows.values()] for n in names},
-                   row_titles=[f"{stem}\n{label(cls)}" for _, stem, cls in rows],
-                   sign={n: first[n][1] for n in names}, origin={n: first[n][2] for n in names}, cell=2.4, wrap=6,
-                   title=f"pixel maps: {_SIGN_TEXT[args.sign]}; CAMs: positive part; RISE: above its minimum")
-    viz.save(fig, os.path.join(args.out, "grid.png"))
+    keys = list(rows)
+    bands = -(-(len(names) + 1) // GRID_WRAP)                   # rows of panels per image
+    per_page = max(1, GRID_BANDS // bands)
+    pages = [keys[a:a + per_page] for a in range(0, len(keys), per_page)]
+    grids = []
+    for p, page in enumerate(pages):
+        head = grid_title(args.sign, methods) + note + (f"\npage {p + 1} of {len(pages)}" if len(pages) > 1 else "")
+        fig = viz.grid([images[i][1] for i, _, _ in page], {n: [rows[k][n][0] for k in page] for n in names},
+                       row_titles=[f"{stem}\n{label(cls)}\np = {shown[(i, cls)]:.3f}" for i, stem, cls in page],
+                       sign={n: first[n][1] for n in names}, origin={n: first[n][2] for n in names}, cell=2.0,
+                       wrap=GRID_WRAP, title=head)
+        grids.append("grid.png" if p == 0 else f"grid-{p + 1}.png")
+        viz.save(fig, os.path.join(args.out, grids[-1]))
     if args.concepts:
-        _concepts(args, model_fn, params, images, mean, std, device, layer, categories)
+        _concepts(args, model_fn, params, images, mean, std, device, layer, categories, note)
     width = max(len(n) for n in names)
     print("time per method (all images):")
     for name in names:
         print(f"  {name:<{width}}  {seconds[name]:8.2f} s")
-    print(f"wrote {len(rows) * len(names)} pictures, {len(images) * len(names)} raw maps (.pt) and grid.png to "
-          f"{args.out}")
+    print(f"wrote {len(rows) * len(names)} pictures, {len(images) * len(names)} raw maps (.pt) and "
+          f"{', '.join(grids)} to {args.out}" + (f" ({RANDOM_WEIGHTS})" if untrained else ""))
     return 0
 
 
-def _concepts(args, model_fn, params, images, mean, std, device, layer, categories) -> None:
+def _concepts(args, model_fn, params, images, mean, std, device, layer, categories, note: str = "") -> None:
     """Deep Feature Factorization of all the images at the CAM layer: ``factorization.png`` and the concepts' names."""
     import torch
 
@@ -384,13 +441,14 @@ def _concepts(args, model_fn, params, images, mean, std, device, layer, categori
         raise UsageError(f"--concepts: {' '.join(str(err).split())}") from None
     labels = list(categories) if categories else None
     names = viz.concept_labels(result.class_scores, labels=labels) if result.class_scores is not None else None
-    viz.save(viz.factorization(raw, result, labels=labels), os.path.join(args.out, "factorization.png"))
+    with torch.no_grad():
+        top = ranked_batch(model_fn(params, x))
+    titles = [f"{os.path.basename(path)}\n" + (labels[c] if labels else f"class {c}") for (path, _), c in zip(images, top)]
+    title = f"{args.concepts} concepts at {layer!r} (Deep Feature Factorization) over {len(images)} images{note}"
+    viz.save(viz.factorization(raw, result, labels=labels, image_titles=titles, title=title),
+             os.path.join(args.out, "factorization.png"))
     for k, name in enumerate(names or []):
         print(f"concept {k}: {name}")
-
-
-_SIGN_TEXT = {"positive": "positive part of the channel sum", "negative": "negative part of the channel sum",
-              "absolute": "|a| summed over channels", "all": "channel sum, signed"}
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ from .demo_scores import BLUR, FAITHFULNESS, LOCALISATION, markdown, no_better_t
 from .._core.batching import reporting
 from .._core.files import DiskFullError, remove_leftovers, write_atomic, write_text
 from .._core.functional import functional
+from .._core.progress import progress_bar
 from ..data.synthetic import CLASS_NAMES, shapes
 from ..models import SmallCNN
+from ..roar import described
 
 TEST_START = 1 << 30  # held-out samples: indices the training stream never reaches
 
@@ -75,8 +77,6 @@ def train(config: DemoConfig, *, seed: int, device: torch.device, checkpoint: st
     returns the trained model at once): a resumed run ends with the same weights
     as an uninterrupted one. ``stop_after`` stops after that many steps (to test resuming).
     """
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     model = SmallCNN(config.classes, width=config.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
@@ -108,7 +108,9 @@ def train(config: DemoConfig, *, seed: int, device: torch.device, checkpoint: st
         if not checkpoint:
             return
         state = {"key": key, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "schedule": schedule.state_dict()}
+                 "schedule": schedule.state_dict(),
+                 described.KEY: described.description("smallcnn", classes=config.classes, width=config.width,
+                                                      size=config.size, class_names=CLASS_NAMES[:config.classes])}
         try:
             write_atomic(checkpoint, lambda tmp: torch.save(state, tmp))
         except DiskFullError:
@@ -116,8 +118,8 @@ def train(config: DemoConfig, *, seed: int, device: torch.device, checkpoint: st
 
     model.train()
     end = config.steps if stop_after is None else min(config.steps, step + stop_after)
-    bar = tqdm(total=config.steps, initial=step, desc="training", unit="step", disable=not progress or step >= end,
-               dynamic_ncols=True)
+    bar = progress_bar(total=config.steps, initial=step, desc="training", unit="step",
+                       disable=not progress or step >= end)
     try:
         while step < end:
             batch = shapes(config.batch, seed=seed, start=step * config.batch, size=config.size, classes=config.classes,
@@ -158,11 +160,9 @@ def explain_all(model_fn, params, x: torch.Tensor, target: torch.Tensor, *, laye
                 references: torch.Tensor, scale: int | None = None, chunk_size: int | None = 1024, methods=None,
                 progress: bool = True) -> dict:
     """Every method's map of ``x``: ``{name: {"map", "seconds"} or {"skipped": reason} or {"error": message}}``."""
-    from tqdm.auto import tqdm
-
     results = {}
     infos = list(registry.METHODS.values()) if methods is None else [registry.method(m) for m in methods]
-    bar = tqdm(infos, desc="explaining", unit="method", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(infos, desc="explaining", unit="method", disable=not progress)
     for info in bar:
         bar.set_postfix_str(info.name)
         try:
@@ -191,14 +191,56 @@ def _score(model_fn, params, x, target, heat, masks, config, seed) -> tuple[dict
     return scores, curves
 
 
-def _concepts(model_fn, params, x, masks, seed: int, out: str, count: int = 3) -> dict:
+CURVES_SHOWN = 6   # lines in colour in curves.png: the best, then the others in gray
+GRID_METHODS = 10  # methods per page of grid.png: a page fits a screen
+QUICK_NOTE = "\nquick run: an untrained 12-step model, the maps mean nothing"
+
+
+def _grids(model_fn, params, x, target, masks, heats, origins, config, out, quick: bool = False) -> list[str]:
+    """``grid.png`` (and ``grid-2.png``, ... for more than :data:`GRID_METHODS` methods): the first images, their
+    masks and the maps of the true class, one row per image labelled with its class and the model's prediction."""
+    from .._core.targets import probabilities
+
+    n = config.grid_rows
+    with torch.no_grad():
+        probs = probabilities(model_fn(params, x[:n])).cpu()
+    labels = [f"{CLASS_NAMES[int(t)]}\npred. {CLASS_NAMES[int(p.argmax())]}\np = {float(p.max()):.2f}"
+              for t, p in zip(target[:n], probs)]
+    names = list(heats)
+    pages = max(1, -(-len(names) // GRID_METHODS))
+    per = -(-len(names) // pages)
+    files = []
+    for page in range(pages):
+        chunk = names[page * per:(page + 1) * per]
+        kinds = [("pixel maps: |a| summed over channels", any(origins[k] == "zero" and not _is_cam(k) for k in chunk)),
+                 ("CAMs: positive part", any(_is_cam(k) and origins[k] == "zero" for k in chunk)),
+                 ("RISE: above its minimum", any(origins[k] == "min" for k in chunk))]
+        title = (f"maps of the true class" + (f", page {page + 1} of {pages}" if pages > 1 else "")
+                 + "\n" + "; ".join(t for t, shown in kinds if shown) + (QUICK_NOTE if quick else ""))
+        fig = viz.grid(x[:n].cpu(), {k: heats[k][:n].cpu() for k in chunk}, masks=masks[:n].cpu(), row_titles=labels,
+                       sign="positive", origin={k: origins[k] for k in chunk}, cell=1.3, title=title)
+        files.append("grid.png" if page == 0 else f"grid-{page + 1}.png")
+        viz.save(fig, os.path.join(out, files[-1]))
+    return files
+
+
+def _is_cam(name: str) -> bool:
+    info = registry.METHODS.get(name)
+    return info is not None and info.kind == "cam"
+
+
+def _concepts(model_fn, params, x, target, masks, seed: int, out: str, count: int = 3) -> dict:
     """Deep Feature Factorization of the explained batch at ``features``: ``concepts.png``, and per concept its top
     classes and its relevance mass against the objects' masks (which concept is the object, which the background)."""
     result = deep_feature_factorization(model_fn, params, x, layer="features", concepts=count, head="auto", key=seed)
     labels = list(CLASS_NAMES[:result.class_scores.shape[1]])
     names = viz.concept_labels(result.class_scores, labels=labels)
-    viz.save(viz.factorization(x[:6].cpu(), result._replace(maps=result.maps[:6]), labels=labels),
-             os.path.join(out, "concepts.png"))
+    with torch.no_grad():
+        pred = model_fn(params, x[:6]).argmax(-1).tolist()
+    titles = [f"{labels[int(t)]} · pred. {labels[p]}" for t, p in zip(target[:6], pred)]
+    viz.save(viz.factorization(x[:6].cpu(), result._replace(maps=result.maps[:6]), labels=labels, image_titles=titles,
+                               title=f"{count} concepts of the `features` layer (Deep Feature Factorization) over "
+                                     f"{x.shape[0]} images; the first 6 shown"), os.path.join(out, "concepts.png"))
     mass = [metrics.relevance_mass(result.maps[:, k], masks).mean().item() for k in range(count)]
     area = masks.float().mean().item()
     return {"names": names, "relevance_mass": mass, "mask_area": area}
@@ -224,8 +266,6 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
     Example:
         >>> results = fxai.app.demo.run("demo-out", quick=True)
     """
-    from tqdm.auto import tqdm
-
     config = QUICK if quick else FULL
     dev = loading.resolve_device(device)
     os.makedirs(out, exist_ok=True)
@@ -250,7 +290,7 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
 
     rows, all_curves, heats, origins = {}, {}, {}, {}
     noise = torch.rand(x.shape[0], *size, generator=torch.Generator().manual_seed(seed)).to(dev)
-    bar = tqdm(list(maps) + ["random"], desc="scoring", unit="map", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(list(maps) + ["random"], desc="scoring", unit="map", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
         res = maps.get(name, {"map": noise, "kind": "cam", "family": "random"})
@@ -271,13 +311,7 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
             rows[name] = {"seconds": res["seconds"], "scores": scores}
             heats[name] = heat
 
-    n = config.grid_rows
-    labels = [f"{CLASS_NAMES[int(t)]}" for t in target[:n]]
-    fig = viz.grid(x[:n].cpu(), {k: v[:n].cpu() for k, v in heats.items()}, masks=masks[:n].cpu(), row_titles=labels,
-                   sign="positive", origin={k: origins[k] for k in heats}, transpose=len(heats) > 6, cell=1.3,
-                   title="maps of the true class\n(pixel maps: sum of |a| over channels; CAMs: positive part; "
-                         "RISE: above its minimum)")
-    viz.save(fig, os.path.join(out, "grid.png"))
+    grids = _grids(model_fn, params, x, target, masks, heats, origins, config, out, quick=quick)
     panels = []
     for cname, lines in all_curves.items():           # best first, the random map last as the reference
         hi = FAITHFULNESS[cname][1]
@@ -287,9 +321,11 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
     fig = viz.curves(panels, ax_titles=[f"{c.split()[0]}: {'lower' if not FAITHFULNESS[c][1] else 'higher'} AUC is "
                                         f"better\n(random map {chance[c]:.3f}; fill: blur σ = {BLUR['sigma']:g} px; "
                                         f"mean of {x.shape[0]} images)" for c in all_curves],
-                     xlabel="fraction of pixels", ylabel="probability of the true class", reference="random map")
+                     xlabel="fraction of pixels", ylabel="probability of the true class", reference="random map",
+                     highlight=CURVES_SHOWN, title=f"the {CURVES_SHOWN} best methods of each curve in colour"
+                     + (QUICK_NOTE if quick else ""))
     viz.save(fig, os.path.join(out, "curves.png"))
-    concepts = _concepts(model_fn, params, x, masks, seed, out)
+    concepts = _concepts(model_fn, params, x, target, masks, seed, out)
 
     results = {
         "config": {**dataclasses.asdict(config), "seed": seed, "device": str(dev), "quick": quick},
@@ -301,12 +337,15 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
         "curves": {c: {k: {"fractions": f.tolist(), "probability": p.tolist()} for k, (f, p) in v.items()}
                    for c, v in all_curves.items()},
         "concepts": concepts,
+        "grids": grids,
         "seconds": time.perf_counter() - started,
     }
     write_text(os.path.join(out, "results.json"), json.dumps(results, indent=1))
     write_text(os.path.join(out, "report.md"), markdown(results, rows, chance) + _concepts_markdown(concepts))
     log("")
     print_table(rows, chance, log)
-    log(f"\nreport written to {os.path.abspath(out)} (report.md, grid.png, curves.png, concepts.png, results.json) in "
+    log(f"\nreport written to {os.path.abspath(out)} (report.md, {', '.join(grids)}, curves.png, concepts.png, "
+        f"results.json, {os.path.basename(checkpoint)}) in "
         f"{results['seconds']:.0f} s")
+    log(f"explain its model on other images: fxai explain IMAGE --weights {checkpoint}")
     return results

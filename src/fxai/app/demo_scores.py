@@ -138,7 +138,8 @@ def markdown(results: dict, rows: dict, chance: dict) -> str:
         "- RISE's map carries the model's mean score over random masks as an offset; it is scored and shown by its "
         "variation above its minimum.", "",
         *table(rows, chance), "",
-        "## Maps", "", "![coherence grid](grid.png)", "",
+        "## Maps", "", *[f"![coherence grid, page {k + 1}]({g})" for k, g in enumerate(results.get("grids", ["grid.png"]))],
+        "",
         "## Deletion and insertion curves", "", "![curves](curves.png)", "",
     ]
     return "\n".join(text)

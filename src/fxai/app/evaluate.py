@@ -24,6 +24,8 @@ from .._core.batching import reporting
 from .._core.checks import unknown_name
 from .._core.discovery import resolve_layers
 from .._core.files import write_json, write_text
+from .._core.progress import progress_bar
+from .cli_methods import accepted, check_options, options_for, parse_methods, parse_options, spelled
 
 RANDOM = "random"
 FLAG = "†"
@@ -40,7 +42,7 @@ def _methods(methods):
     if methods is None or methods == "all":
         rows = list(registry.METHODS.values())
     else:
-        rows = [registry.method(m) if isinstance(m, str) else m for m in methods]
+        rows = [parse_methods(m, {})[0] if isinstance(m, str) else m for m in methods]
     return [r for r in rows if r.kind != "transform" and r.name != RANDOM] + [
         registry.MethodInfo(RANDOM, random_map, family="mask")]
 
@@ -123,8 +125,9 @@ def _load(path, fingerprint):
 
 
 def evaluate(model_fn, params, x: torch.Tensor, target=None, *, masks=None, methods=None, metrics=None,
-             seed: int = 0, quick: bool = False, batch_size: int = 8, chunk_size: int | None = None, layer=None,
-             out: str | None = None, progress: bool = False, description: str = "") -> dict:
+             options: dict | None = None, seed: int = 0, quick: bool = False, batch_size: int = 8,
+             chunk_size: int | None = None, layer=None, out: str | None = None, progress: bool = False,
+             description: str = "") -> dict:
     """Score every method's maps of ``x`` by each metric: the table as data.
 
     Args:
@@ -132,7 +135,10 @@ def evaluate(model_fn, params, x: torch.Tensor, target=None, *, masks=None, meth
         x: images ``[N, C, H, W]`` (on the model's device), explained ``batch_size`` at a time.
         target: ``None`` (each image's top-1 class), an int or a LongTensor ``[N]``.
         masks: ground truth ``[N, H, W]`` for the localisation metrics.
-        methods: registered method names (``None``/``"all"``: every method); the random map is always added.
+        methods: registered method names, ``TRANSFORM:METHOD`` or registry rows (``None``/``"all"``: every
+            method); the random map is always added.
+        options: method options as ``fxai explain --option`` gives them: ``{NAME: value}`` for every method that
+            takes ``NAME`` and ``{METHOD: {NAME: value}}`` for one (:func:`fxai.app.cli_methods.parse_options`).
         metrics: registered metric names (``None``: deletion, insertion, average sensitivity, sparseness,
             complexity, and every localisation metric but focus when ``masks`` are given; ``"all"``: every
             metric; focus against an object's mask is its relevance mass, build mosaics for the real thing).
@@ -153,8 +159,6 @@ def evaluate(model_fn, params, x: torch.Tensor, target=None, *, masks=None, meth
         >>> sorted(result["table"]), sorted(result["table"]["gradient"]["sparseness"])
         (['gradient', 'random'], ['mean', 'n', 'no_better_than_random', 'sem'])
     """
-    from tqdm.auto import tqdm
-
     method_rows, metric_rows = _methods(methods), _metrics(metrics, masks)
     n = x.shape[0]
     if target is None:
@@ -170,7 +174,8 @@ def evaluate(model_fn, params, x: torch.Tensor, target=None, *, masks=None, meth
         raise ValueError(f"masks must be a bool tensor [N, H, W] = {(n, *x.shape[-2:])}")
     if any(r.layered for r in method_rows) and layer is None:
         (layer,) = resolve_layers(model_fn, None, params=params, x=x[:1])
-    settings = {"methods": [r.name for r in method_rows], "seed": seed, "quick": quick, "batch_size": batch_size,
+    options = dict(options or {})
+    settings = {"methods": [r.name for r in method_rows], "options": options, "seed": seed, "quick": quick, "batch_size": batch_size,
                 "layer": layer, "description": description}
     fp = _fingerprint(model_fn, params, x, target if target is not None else tgt, masks, settings)
     path = os.path.join(out, "results.json") if out else None
@@ -179,13 +184,14 @@ def evaluate(model_fn, params, x: torch.Tensor, target=None, *, masks=None, meth
     batches = [(b, slice(a, min(a + batch_size, n))) for b, a in enumerate(range(0, n, batch_size))]
     references = torch.randn(8, *x.shape[1:], generator=torch.Generator().manual_seed(seed)).to(x)
     todo = [(m, k) for m in method_rows for k in metric_rows if k.name not in done.get(m.name, {})]
-    bar = tqdm(total=len(todo) * len(batches), unit="batch", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(todo) * len(batches), unit="batch", disable=not progress)
     for info in method_rows:
         pending = [k for k in metric_rows if k.name not in done.get(info.name, {})]
         if not pending:
             continue
         maps, opts = [], registry.options(info, size=tuple(x.shape[-2:]), layer=layer, key=seed,
                                           references=references, quick=quick)
+        opts.update(options_for(spelled(info.name), options, accepted(info)))
         try:
             for b, s in batches:
                 bar.set_description(f"{info.name}: explaining")
@@ -281,8 +287,11 @@ def add_command(sub) -> None:
     ev.add_argument("--model", default=None, help="as for fxai explain (default: resnet18; the demo's small CNN "
                                                   "with --synthetic)")
     ev.add_argument("--weights", metavar="FILE", help="a state dict saved with torch.save (or a checkpoint holding one)")
-    ev.add_argument("--methods", default="all", help="comma-separated registered methods (default: all); the random "
-                                                     "map is always added as the reference")
+    ev.add_argument("--method", "--methods", dest="methods", default="all",
+                    help="comma-separated methods, TRANSFORM:METHOD for a transformed one (default: all); the random "
+                         "map is always added as the reference")
+    ev.add_argument("--option", action="append", default=[], metavar="[METHOD.]NAME=VALUE",
+                    help="a method option, as for fxai explain (repeatable)")
     ev.add_argument("--metrics", default=None, help=f"comma-separated registered metrics or all (default: "
                                                     f"{','.join(DEFAULT_METRICS)}, and the localisation metrics with "
                                                     f"--synthetic)")
@@ -351,10 +360,10 @@ def run(args) -> int:
     device = resolve_device(args.device)
     split = lambda text: None if text is None else "all" if text == "all" else [  # noqa: E731
         t.strip() for t in text.split(",") if t.strip()]
-    methods, metrics = split(args.methods), split(args.metrics)
-    for name in [] if methods == "all" else methods:
-        if name not in registry.METHODS:
-            raise UsageError("--methods: " + unknown_name("method", name, registry.METHODS))
+    metrics = split(args.metrics)
+    options = parse_options(args.option)
+    methods = "all" if args.methods.strip() == "all" else parse_methods(args.methods, options)
+    check_options(options, list(registry.METHODS.values()) if methods == "all" else methods)
     for name in [] if metrics in (None, "all") else metrics:
         if name not in M.registry.METRICS:
             raise UsageError("--metrics: " + unknown_name("metric", name, M.registry.METRICS))
@@ -378,7 +387,8 @@ def run(args) -> int:
         what = f"{len(files)} images: " + ", ".join(os.path.basename(f) for f in files[:20])
     model_fn, params = functional(module)
     os.makedirs(args.out, exist_ok=True)
-    result = evaluate(model_fn, params, x, target, masks=masks, methods=methods, metrics=metrics, seed=args.seed,
+    result = evaluate(model_fn, params, x, target, masks=masks, methods=methods, metrics=metrics, options=options,
+                      seed=args.seed,
                       quick=args.quick, batch_size=args.batch_size, chunk_size=args.chunk_size, layer=args.layer,
                       out=args.out, progress=True,
                       description=f"model {args.model or ('small_cnn' if args.synthetic else 'resnet18')} "

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..roar import pipeline
+from .cli_methods import accepted, as_roar_spec, method_names, parse_options, spelled
+from .loading import UsageError
 from ..roar.removal import FILLS, MODES
 from ..roar.train import AUGMENTATIONS, OPTIMIZERS, TrainConfig
 
@@ -35,24 +36,49 @@ def _names(choices):
 
 
 def _methods(text: str) -> tuple[str, ...]:
-    """Comma-separated specs; commas inside parentheses do not split (there are none in valid specs)."""
+    """Comma-separated methods and controls in the one spelling (``smoothgrad_sq:gradient``), as the grid names
+    them (``smoothgrad_sq(gradient)``)."""
     from ..roar import methods
 
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
     try:
-        return tuple(methods.canonical(v) for v in values)
+        return tuple(methods.canonical(as_roar_spec(n)) for n in method_names(text, flag="--method"))
     except (ValueError, TypeError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _json(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"--options: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--options: expected a JSON object")
-    return value
+def _takes(spec: str) -> set:
+    """The options the ROAR method ``spec`` accepts (none for the controls)."""
+    from ..roar import methods
+
+    transform, base = methods.parse(spec)
+    if base in methods.CONTROLS:
+        return set()
+    return accepted(methods.registry.method(base)) | ({"samples", "sigma"} if transform else set())
+
+
+def method_options(args, specs, base: dict) -> dict:
+    """``{spec: options}`` for the chosen methods: ``base`` (the run's defaults) updated by ``--option`` (and the
+    older ``--options`` JSON); an option no chosen method takes is refused."""
+    settings = parse_options(args.option or [], legacy_json=args.options)
+    out = {k: dict(v) for k, v in base.items()}
+    chosen = {spelled(s): s for s in specs}
+    for name, value in settings.items():
+        if isinstance(value, dict):
+            if name not in chosen:
+                raise UsageError(f"--option {name}.NAME: {name!r} is not among the chosen methods "
+                                 f"({', '.join(chosen)})")
+            bad = sorted(set(value) - _takes(chosen[name]))
+            if bad:
+                raise UsageError(f"--option {name}.{bad[0]}: {name} does not take {bad[0]!r}; it takes: "
+                                 f"{', '.join(sorted(_takes(chosen[name]))) or 'no options'}")
+            out.setdefault(chosen[name], {}).update(value)
+            continue
+        takers = [s for s in specs if name in _takes(s)]
+        if not takers:
+            raise UsageError(f"--option {name}: none of the chosen methods ({', '.join(chosen)}) takes {name!r}")
+        for spec in takers:
+            out.setdefault(spec, {})[name] = value
+    return out
 
 
 def _data_args(p):
@@ -74,6 +100,13 @@ def _data_args(p):
                    help="show the full traceback on errors")
 
 
+def _option_args(p) -> None:
+    p.add_argument("--option", action="append", default=[], metavar="[METHOD.]NAME=VALUE",
+                   help="a method option, as in fxai explain: steps=64 (every chosen method that takes it) or "
+                        "integrated_gradients.steps=64 (one method); repeatable")
+    p.add_argument("--options", metavar="JSON", help=argparse.SUPPRESS)   # the older spelling, with a note
+
+
 def add_commands(sub) -> None:
     """Add ``roar`` and ``extract`` to the subparsers ``sub`` of the ``fxai`` parser."""
     r = sub.add_parser("roar", help="ROAR/KAR: retrain on data with the most/least relevant pixels replaced "
@@ -83,11 +116,10 @@ def add_commands(sub) -> None:
     r.add_argument("--quick", action="store_true",
                    help="a small run of about a minute on two CPU cores: the default run's code path on a smaller "
                         "grid (gradient and the random and ground-truth controls, t = 0.5, 16×16 images)")
-    r.add_argument("--methods", type=_methods, help="comma-separated methods and controls, e.g. "
-                   "gradient,smoothgrad_sq(gradient),grad_cam,random,sobel,ground_truth (default: the six "
-                   "methods of the default run and the three controls)")
-    r.add_argument("--options", type=_json, help='method options as JSON, e.g. \'{"integrated_gradients": '
-                                                 '{"steps": 64}}\'')
+    r.add_argument("--method", "--methods", dest="methods", type=_methods, help="comma-separated methods and "
+                   "controls, e.g. gradient,smoothgrad_sq:gradient,grad_cam,random,sobel,ground_truth (default: the "
+                   "six methods of the default run and the three controls)")
+    _option_args(r)
     r.add_argument("--fractions", type=_floats,
                    help=f"fractions of pixels replaced (default {','.join(f'{v:g}' for v in _D.fractions)})")
     r.add_argument("--modes", type=_names(MODES), help="roar, kar or both (default)")
@@ -112,13 +144,14 @@ def add_commands(sub) -> None:
 
     e = sub.add_parser("extract", help="maps of a whole dataset by one method, as sharded safetensors")
     _data_args(e)
-    e.add_argument("--method", required=True, help="a method or a transform of one, e.g. gradient or "
-                                                     "'smoothgrad_sq(gradient)', or random, sobel, ground_truth")
-    e.add_argument("--options", type=_json, help="the method's options as a JSON object")
+    e.add_argument("--method", required=True, type=_methods, help="a method or a transform of one, e.g. gradient or "
+                                                     "smoothgrad_sq:gradient, or random, sobel, ground_truth")
+    _option_args(e)
     e.add_argument("--weights", required=True, help="the model's weights (.safetensors, or a state dict saved "
                                                     "with torch.save), e.g. OUT/model/model.safetensors of fxai roar")
-    e.add_argument("--arch", default="smallcnn", choices=("smallcnn", "resnet8", "resnet20"))
-    e.add_argument("--width", type=int, default=_T.width)
+    e.add_argument("--arch", default="smallcnn", choices=("smallcnn", "resnet8", "resnet20"),
+                   help="the network of --weights (default: %(default)s; fxai roar's model file says its own)")
+    e.add_argument("--width", type=int, default=_T.width, help="its width (default: %(default)s)")
     e.add_argument("--split", default="test", choices=("train", "test"))
     e.add_argument("--reduce", default="abs_sum", help="channel reduction of pixel maps (default: %(default)s)")
     e.add_argument("--dtype", default="float32", choices=("float16", "float32"))
@@ -135,7 +168,7 @@ def _config(args) -> pipeline.RoarConfig:
                   if getattr(args, k) is not None}
     over = {"dataset": args.dataset, "root": args.data_dir, "size": args.size, "classes": args.classes,
             "train_count": args.train_count, "test_count": args.test_count, "methods": args.methods,
-            "options": args.options, "fractions": args.fractions, "modes": args.modes, "fills": args.fill,
+            "fractions": args.fractions, "modes": args.modes, "fills": args.fill,
             "control_fills": args.control_fill, "repeats": args.repeats, "seed": args.seed}
     if args.dataset != "shapes":
         base = {k: v for k, v in base.items() if k not in ("train_count", "test_count", "size")}
@@ -145,8 +178,10 @@ def _config(args) -> pipeline.RoarConfig:
             base["methods"] = tuple(m for m in base.get("methods", pipeline.RoarConfig().methods)
                                     if m != "ground_truth")
     import dataclasses
-    return pipeline.RoarConfig(**{**base, **{k: v for k, v in over.items() if v is not None},
-                                  "train": dataclasses.replace(train, **train_over)})
+    fields = {**base, **{k: v for k, v in over.items() if v is not None}}
+    specs = fields.get("methods", pipeline.RoarConfig().methods)
+    fields["options"] = method_options(args, specs, fields.get("options", pipeline.METHOD_OPTIONS))
+    return pipeline.RoarConfig(**{**fields, "train": dataclasses.replace(train, **train_over)})
 
 
 def run(args) -> int:
@@ -174,21 +209,31 @@ def _extract(args) -> int:
                          test_count=args.test_count, seed=args.seed or 0)
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(f"--weights: no such file {args.weights}")
-    if args.weights.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        state = load_file(args.weights)
+    from ..roar import described
+
+    found = described.read(args.weights)
+    if found is not None:                      # fxai roar's model.safetensors: it says what it is
+        model = described.rebuild(*found)
+        args.arch, args.width = found[0]["arch"], found[0]["width"]
     else:
-        state = torch.load(args.weights, map_location="cpu", weights_only=True)
-    model = build(args.arch, data["classes"], channels=data["train"].images.shape[1], width=args.width)
-    model.load_state_dict(state)
+        if args.weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(args.weights)
+        else:
+            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+        model = build(args.arch, data["classes"], channels=data["train"].images.shape[1], width=args.width)
+        model.load_state_dict(state)
     device = dist.local_device(torch.device(args.device))
     model_fn, params = functional(model.to(device).eval())
-    options = dict(args.options or {})
     from ..roar import methods
-    inner = methods.parse(args.method)[1]
+    if len(args.method) != 1:
+        raise UsageError(f"--method: extract computes the maps of one method, got {len(args.method)}")
+    (spec,) = args.method
+    options = method_options(args, (spec,), {}).get(spec, {})
+    inner = methods.parse(spec)[1]
     if inner not in methods.CONTROLS and methods.registry.method(inner).layered:
         options.setdefault("layer", CAM_LAYERS[args.arch])
-    extraction.extract(model_fn, params, data[args.split], args.method, args.out, options=options,
+    extraction.extract(model_fn, params, data[args.split], spec, args.out, options=options,
                        reduce=args.reduce, dtype=args.dtype, target=args.target, key=args.seed or 0,
                        shard_size=args.shard_size, batch_size=args.batch_size, dataset_name=data[args.split].name,
                        device=device)

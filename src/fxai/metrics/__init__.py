@@ -28,6 +28,9 @@ from .perturbation import insertion as insertion
 from .perturbation import auc as auc
 from .perturbation import aopc as aopc
 from .road import road as road
+from .pic import pic as pic
+from .pic import sic as sic
+from .pic import aic as aic
 from .road import road_combined as road_combined
 from .robustness import infidelity as infidelity
 from .robustness import max_sensitivity as max_sensitivity
@@ -110,6 +113,7 @@ __all__ = [
     "slic_segments",
     "sufficiency",
     "Imputer",
+    "aic",
     "aopc",
     "attribution_localisation",
     "auc",
@@ -135,6 +139,7 @@ __all__ = [
     "mosaics",
     "noisy_linear",
     "perturbation_curve",
+    "pic",
     "pointing_game",
     "randomisation",
     "randomised_params",
@@ -149,6 +154,7 @@ __all__ = [
     "road",
     "road_combined",
     "selectivity",
+    "sic",
     "sparseness",
     "spearman",
     "ssim",

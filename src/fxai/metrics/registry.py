@@ -27,6 +27,7 @@ from .faithfulness import (faithfulness_correlation, faithfulness_estimate, mono
 from .localisation import pointing_game, relevance_mass, relevance_rank
 from .perturbation import deletion, insertion, lerf, morf, selectivity
 from .mprt import efficient_mprt, smooth_mprt
+from .pic import aic, sic
 from .randomisation import random_logit, randomisation
 from .regions import irof, region_perturbation
 from .road import road
@@ -80,6 +81,10 @@ _ALL = [
     MetricInfo("deletion", deletion, "model", "curve", False, quick={"steps": 4}, family="faithfulness"),
     MetricInfo("insertion", insertion, "model", "curve", True, quick={"steps": 4}, family="faithfulness"),
     MetricInfo("road", road, "model", "curve", False, quick={"fractions": (0.25, 0.5)}, family="faithfulness"),
+    MetricInfo("sic", sic, "model", "curve", True, quick={"num_data_points": 8, "thresholds": (0.1, 0.3, 0.6),
+                                                          "value_range": (-3.0, 3.0)}, family="faithfulness"),
+    MetricInfo("aic", aic, "model", "curve", True, quick={"num_data_points": 8, "thresholds": (0.1, 0.3, 0.6),
+                                                          "value_range": (-3.0, 3.0)}, family="faithfulness"),
     MetricInfo("infidelity", infidelity, "model", "score", False, quick={"samples": 4}, family="robustness"),
     MetricInfo("max_sensitivity", max_sensitivity, "model", "score", False, needs=("method",),
                quick={"samples": 3}, family="robustness"),

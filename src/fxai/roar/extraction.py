@@ -157,14 +157,20 @@ def extract(model_fn, params, dataset: Dataset, method: str, out: str, *, option
     rank, world = dist.init(device) if part is None else _part(part)
     shards = -(-length // shard_size)
     todo = [k for k in range(rank, shards, world) if not os.path.exists(shard_path(out, k))]
-    from tqdm.auto import tqdm
+    from .._core.progress import progress_bar
 
-    bar = tqdm(total=sum(min(shard_size, length - k * shard_size) for k in todo), unit="map", dynamic_ncols=True,
-               desc=f"{spec}" + (f" [rank {rank}/{world}]" if world > 1 else ""), disable=not progress)
+    def on_disk() -> int:
+        return sum(min(shard_size, length - j * shard_size) for j in range(shards) if os.path.exists(shard_path(out, j)))
+
+    # one bar per command: rank 0 counts every rank's shards as they land; none for work already done
+    bar = progress_bar(total=length, initial=on_disk(), unit="map", desc=f"maps of {spec} ({dataset_name or 'data'})",
+                       disable=not progress or rank != 0 or not todo)
     for k in todo:
         maps = _shard(model_fn, params, dataset, make, k, shard_size, batch_size, target=target,
                       key=shard_key(key, k), dtype=DTYPES[dtype], device=device, num_workers=num_workers, bar=bar)
         _save_shard(out, k, maps, k * shard_size, spec)
+        if world > 1:
+            bar.update(on_disk() - bar.n)
     bar.close()
     if part is None:
         dist.barrier()

@@ -7,8 +7,9 @@ Layout::
     results/<id>.json      the job's result, written to a temporary file and renamed into place
 
 A worker takes a job by creating ``claims/<id>.0`` with ``O_CREAT | O_EXCL``: of two workers, exactly one
-succeeds. The owner touches its claim while it works (:meth:`Claim.beat`); a claim whose heartbeat is older
-than ``stale_after`` seconds belongs to a dead worker, and the next worker takes the job over by creating
+succeeds. The owner touches its claim while it works (:meth:`Claim.beat`); a claim made on this machine by
+a process that no longer exists, or one whose heartbeat is older than ``stale_after`` seconds (a worker on
+another machine that stopped), belongs to a dead worker, and the next worker takes the job over by creating
 ``claims/<id>.<n+1>``, again exclusively, so one taker wins. A job whose result exists is done and never
 run again. This needs only atomic exclusive creation and rename, which local file systems and NFS (v3 and
 later) provide, so workers may run on one machine or on many that share the folder.
@@ -114,6 +115,28 @@ def _claims(folder: str, job_id: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def owner_gone(path: str) -> bool:
+    """Whether the claim at ``path`` was made on this machine by a process that no longer exists.
+
+    Such a claim is taken over at once (a killed run resumes as fast as it starts); a claim made on
+    another machine can only go stale (no heartbeat for ``stale_after`` seconds)."""
+    try:
+        with open(path) as fh:
+            owner = json.load(fh)
+        pid = int(owner["pid"])
+    except (OSError, ValueError, KeyError, TypeError):   # released, or being written just now
+        return False
+    if owner.get("host") != platform.node() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:                              # exists, under another user
+        return False
+    return False
+
+
 def try_claim(folder: str, job_id: str, *, worker: str, stale_after: float) -> Claim | None:
     """Take job ``job_id``: a :class:`Claim`, or ``None`` when it is done or held by a live worker."""
     if done(folder, job_id):
@@ -126,7 +149,7 @@ def try_claim(folder: str, job_id: str, *, worker: str, stale_after: float) -> C
             age = time.time() - os.stat(path).st_mtime
         except FileNotFoundError:  # released just now: finished, or given up
             age = float("inf")
-        if age < stale_after:
+        if age < stale_after and not owner_gone(path):
             return None
         generation += 1
     path = os.path.join(folder, "claims", f"{job_id}.{generation}")

@@ -30,13 +30,15 @@ _SPEC = re.compile(r"^\s*(\w+)\s*(?:\(\s*(\w+)\s*\))?\s*$")
 
 
 def parse(spec: str) -> tuple[str | None, str]:
-    """``"vargrad(gradient)" -> ("vargrad", "gradient")``, ``"gradient" -> (None, "gradient")``; checked."""
+    """``"vargrad:gradient"`` (or ``"vargrad(gradient)"``) ``-> ("vargrad", "gradient")``, ``"gradient" -> (None,
+    "gradient")``; checked."""
     if not isinstance(spec, str):
         raise TypeError(f"method must be a string such as 'gradient' or 'smoothgrad_sq(gradient)', "
                         f"got {type(spec).__name__}")
-    match = _SPEC.match(spec)
+    outer, colon, inner = spec.partition(":")
+    match = _SPEC.match(f"{outer}({inner})" if colon else spec)     # transform:name, as on the command line
     if match is None:
-        raise ValueError(f"method {spec!r}: expected a name or transform(name), e.g. 'smoothgrad_sq(gradient)'")
+        raise ValueError(f"method {spec!r}: expected a name or transform:name, e.g. 'smoothgrad_sq:gradient'")
     outer, inner = match.groups()
     if inner is None:
         if outer in CONTROLS:

@@ -27,7 +27,7 @@ import torch
 
 from .._core.files import write_atomic, write_json
 from .._core.functional import functional
-from . import datasets, dist, extraction, jobs, methods, removal
+from . import datasets, described, dist, extraction, jobs, methods, removal
 from .nets import CAM_LAYERS
 from .train import TrainConfig, accuracy, fit
 
@@ -138,12 +138,32 @@ def _base_model(out: str, config: RoarConfig, data: dict, device, log) -> torch.
         if dist.init()[0] == 0:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            write_atomic(path, lambda tmp: save_file(state, tmp))
+            images = data["train"].images
+            desc = described.description(config.train.arch, classes=data["classes"], width=config.train.width,
+                                         channels=images.shape[1], size=images.shape[-1],
+                                         class_names=class_names(config, data["classes"]))
+            write_atomic(path, lambda tmp: save_file(state, tmp, metadata=described.safetensors_metadata(desc)))
         dist.barrier()
     model = build(config.train.arch, data["classes"], channels=data["train"].images.shape[1],
                   width=config.train.width)
     model.load_state_dict(load_file(path))
     return model.to(device).eval()
+
+
+def class_names(config: RoarConfig, classes: int) -> list[str] | None:
+    """The names of the run's classes, where the dataset has them."""
+    from ..data.synthetic import CLASS_NAMES
+
+    if config.dataset == "shapes":
+        return list(CLASS_NAMES[:classes])
+    if config.dataset == "mnist":
+        return [str(d) for d in range(10)][:classes]
+    if config.dataset == "cifar10":
+        return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"][:classes]
+    folder = os.path.join(os.path.expanduser(config.root or ""), "train")
+    names = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))) if os.path.isdir(folder) \
+        else []
+    return names if len(names) == classes else None
 
 
 def _extract_all(out: str, config: RoarConfig, data: dict, model, device, progress: bool, log,

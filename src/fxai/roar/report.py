@@ -59,8 +59,18 @@ def flags(agg: dict) -> dict:
     return out
 
 
-def plot(agg: dict, path: str) -> None:
-    """Accuracy versus fraction: one panel per (fill, mode), one line per method, controls dashed."""
+def run_kind(cfg: dict) -> str:
+    """``"quick run (fxai roar --quick)"``, ``"default run"`` or ``"custom run"``: what the settings are."""
+    from .pipeline import QUICK, RoarConfig
+
+    if cfg == RoarConfig(**QUICK).to_json():
+        return "quick run (fxai roar --quick)"
+    return "default run" if cfg == RoarConfig().to_json() else "custom run"
+
+
+def plot(agg: dict, path: str, *, chance: float | None = None, title: str | None = None) -> None:
+    """Accuracy versus fraction: one panel per (fill, mode), one line per method, controls dashed; ``chance``
+    drawn as a gray line, ``title`` (e.g. the run's kind) above the panels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -81,11 +91,16 @@ def plot(agg: dict, path: str) -> None:
                 ax.errorbar(fr, [points[f][0] for f in fr], yerr=[points[f][1] for f in fr], label=method,
                             color=colours[method], linestyle="--" if method in CONTROLS else "-", marker="o",
                             markersize=3, capsize=3)
+            if chance is not None:
+                ax.axhline(chance, color="0.4", linestyle=":", linewidth=1.2, label=f"chance ({chance:.2f})")
             ax.set_title(f"{mode.upper()} ({'lower' if mode == 'roar' else 'higher'} is better), {fill} fill")
             ax.set_xlabel("fraction of pixels replaced")
             ax.set_ylabel("test accuracy")
+            ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
@@ -134,6 +149,23 @@ def _what_ran(cfg: dict, summary: dict) -> list[str]:
     return lines
 
 
+def used_counts(out: str, cfg: dict) -> dict:
+    """``{"train": n, "test": n, "size": "H×W"}`` of the data the run used (read from ``out/data``: the settings
+    leave the counts out (``None``) for datasets used whole)."""
+    counts = {"train": cfg.get("train_count"), "test": cfg.get("test_count"), "size": f"{cfg['size']}×{cfg['size']}"}
+    try:
+        from safetensors import safe_open
+
+        for split in ("train", "test"):
+            with safe_open(os.path.join(out, "data", f"{split}.safetensors"), framework="pt") as fh:
+                shape = fh.get_slice("images").get_shape()
+            counts[split] = shape[0]
+            counts["size"] = f"{shape[-2]}×{shape[-1]}"
+    except (OSError, KeyError, ValueError, ImportError):
+        pass
+    return {k: ("?" if v is None else v) for k, v in counts.items()}
+
+
 def write(out: str) -> dict:
     """Write ``out/report/``: ``accuracy.png``, ``table.md``, ``results.json``, ``summary.md``; returns the summary data.
 
@@ -145,8 +177,11 @@ def write(out: str) -> dict:
     agg = aggregate(results)
     folder = os.path.join(out, "report")
     os.makedirs(folder, exist_ok=True)
+    cfg = grid["settings"]["config"]
     if agg:
-        plot(agg, os.path.join(folder, "accuracy.png"))
+        plot(agg, os.path.join(folder, "accuracy.png"), chance=1 / grid["settings"]["classes"],
+             title=f"{run_kind(cfg)}: {cfg['dataset']}, {cfg['train']['arch']} width {cfg['train']['width']}, "
+                   f"{cfg['train']['epochs']} epochs, {cfg['repeats']} repeats per point")
     rows = table(agg)
     write_text(os.path.join(folder, "table.md"), "\n".join(rows) + "\n")
     flagged = flags(agg)
@@ -162,11 +197,12 @@ def write(out: str) -> dict:
                                           for r in results.values())}
     write_json(os.path.join(folder, "results.json"), summary, sort_keys=False)
     cfg = grid["settings"]["config"]
+    counts = used_counts(out, cfg)
     chance = 1 / grid["settings"]["classes"]
-    text = ["# ROAR / KAR report", "",
+    text = ["# ROAR / KAR report", "", f"A {run_kind(cfg)}.", "",
             f"{cfg['train']['arch']} (width {cfg['train']['width']}, {cfg['train']['epochs']} epochs) retrained on "
-            f"`{cfg['dataset']}` ({cfg['train_count']} training and {cfg['test_count']} test images of "
-            f"{cfg['size']}×{cfg['size']}), {cfg['repeats']} repeats per point, maps reduced over channels by "
+            f"`{cfg['dataset']}` ({counts['train']} training and {counts['test']} test images of "
+            f"{counts['size']}), {cfg['repeats']} repeats per point, maps reduced over channels by "
             f"`{cfg['reduce']}`. Chance accuracy: {chance:.3f}. The explained model's test accuracy: "
             f"{grid['settings']['base_accuracy']:.3f}; retrained on unaltered data: "
             + (f"{statistics.fmean(base):.3f}" if base else "–") + ".",

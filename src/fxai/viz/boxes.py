@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .maps import _figure, _image_rgb, overlay
+from .canvas import figure, image_rgb
+from .maps import overlay
 
 
 def detection(image, maps, boxes, labels: Sequence[str] | None = None, *, title: str | None = None,
@@ -34,9 +35,9 @@ def detection(image, maps, boxes, labels: Sequence[str] | None = None, *, title:
         raise ValueError(f"detection: boxes must be [K, 4] and maps [K, H, W] with the same K, got boxes "
                          f"{tuple(boxes.shape)} and maps {tuple(maps.shape)}")
     labels = list(labels) if labels is not None else [f"box {k}" for k in range(len(boxes))]
-    panels = [(_image_rgb(image), list(range(len(boxes))), "detections")]
+    panels = [(image_rgb(image), list(range(len(boxes))), "detections")]
     panels += [(overlay(image, m, alpha=alpha), [k], labels[k]) for k, m in enumerate(maps)]
-    fig = _figure(cell * len(panels), cell + (0.45 if title else 0.1))
+    fig = figure(cell * len(panels), cell + (0.45 if title else 0.1))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (rgb, shown, name) in zip(axes, panels):
         ax.imshow(rgb, interpolation="nearest")

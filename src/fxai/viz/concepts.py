@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .maps import _figure, _image_rgb
+from .canvas import figure, image_rgb
 
 
 
@@ -46,7 +46,7 @@ def concept_overlay(image, maps, *, colours=None, alpha: float = 0.7) -> np.ndar
     """
     if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    rgb = _image_rgb(image)
+    rgb = image_rgb(image)
     maps = torch.as_tensor(maps).detach().to("cpu", torch.float32)
     if maps.ndim != 3 or tuple(maps.shape[1:]) != rgb.shape[:2]:
         raise ValueError(f"maps must be [K, H, W] with the image's size {rgb.shape[:2]}, got shape {tuple(maps.shape)}"
@@ -86,7 +86,8 @@ def concept_labels(class_scores, *, labels: Sequence[str] | None = None, top: in
 
 
 def factorization(images, result, *, labels: Sequence[str] | None = None, top: int = 2, alpha: float = 0.7,
-                  colours=None, cell: float = 2.0, columns: int | None = None, title: str | None = None):
+                  colours=None, cell: float = 2.0, columns: int | None = None, title: str | None = None,
+                  image_titles: Sequence[str] | None = None, gray: bool = True):
     """A figure of Deep Feature Factorization: each image with its regions coloured by concept, and a legend.
 
     The legend gives each concept its colour and, when ``result.class_scores`` is set, its ``top``
@@ -97,6 +98,10 @@ def factorization(images, result, *, labels: Sequence[str] | None = None, top: i
         result: the :class:`fxai.Factorization` of ``images`` (maps upsampled to their size).
         labels: class names for the legend.
         columns: panels per row (default: all in one row, up to 6).
+        title: the figure's title (default: "Deep Feature Factorization: K concepts").
+        image_titles: one label per image (e.g. its class), above its panel.
+        gray: show the images in gray under the concepts' colours, so that no object's own colour can be
+            read as a concept's.
         Others as :func:`concept_overlay`; ``cell`` is the size of one panel in inches.
 
     Returns:
@@ -122,11 +127,14 @@ def factorization(images, result, *, labels: Sequence[str] | None = None, top: i
     names = [f"concept {i}" for i in range(k)]
     if getattr(result, "class_scores", None) is not None:
         names = [f"{n}: {text}" for n, text in zip(names, concept_labels(result.class_scores, labels=labels, top=top))]
+    if image_titles is not None and len(image_titles) != count:
+        raise ValueError(f"image_titles has {len(image_titles)} labels for {count} images")
     columns = min(count, 6) if columns is None else columns
     rows = -(-count // columns)
-    legend_height = 0.2 * k + 0.2
-    head = 0.3 if title else 0.0
-    fig = _figure(max(cell * columns, 3.5), cell * rows + legend_height + head)
+    legend_height = 0.22 * k + 0.3
+    title = f"Deep Feature Factorization: {k} concepts" if title is None else title
+    head = 0.25 * (title.count("\n") + 1) + 0.1
+    fig = figure(max(cell * columns, 4.5), cell * rows + legend_height + head + (0.25 if image_titles else 0))
     axes = fig.subplots(rows, columns, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
@@ -134,10 +142,14 @@ def factorization(images, result, *, labels: Sequence[str] | None = None, top: i
         if i >= count:
             ax.set_axis_off()
             continue
-        ax.imshow(concept_overlay(images[i], maps[i], colours=colours, alpha=alpha), interpolation="nearest")
+        shown = images[i]
+        if gray:
+            shown = image_rgb(shown).mean(-1)
+        ax.imshow(concept_overlay(shown, maps[i], colours=colours, alpha=alpha), interpolation="nearest")
+        if image_titles is not None:
+            ax.set_title(image_titles[i], fontsize=8)
     handles = [Line2D([0], [0], color=tuple(c), lw=6) for c in colours]
-    fig.legend(handles, names, loc="lower center", ncol=1, fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1 - head / fig.get_figheight()))
+    fig.legend(handles, names, loc="outside lower center", ncol=1, fontsize=8, frameon=False,
+               title="each pixel coloured by its strongest concept; concept: its top classes", title_fontsize=8)
+    fig.suptitle(title, fontsize=9)
     return fig

@@ -17,6 +17,7 @@ import torch
 from .. import postprocess
 from .._core.checks import check_choice
 from .._core.files import write_atomic
+from .canvas import figure, image_rgb
 
 SIGNS = ("positive", "negative", "absolute", "all")
 ORIGINS = ("zero", "min")
@@ -34,17 +35,6 @@ def origin_for(kind: str, family: str) -> str:
         ('min', 'zero')
     """
     return "min" if kind == "cam" and family == "mask" else "zero"
-
-
-def _image_rgb(image) -> np.ndarray:
-    """``[C, H, W]`` (C = 1, 3 or 4) or ``[H, W]`` tensor/array in [0, 1] -> float array ``[H, W, 3]``."""
-    img = torch.as_tensor(image).detach().to("cpu", torch.float32)
-    if img.ndim == 2:
-        img = img[None]
-    if img.ndim != 3 or img.shape[0] not in (1, 3, 4):
-        raise ValueError(f"image must be [C, H, W] with C in (1, 3, 4) or [H, W], got shape {tuple(img.shape)}")
-    img = img[:3] if img.shape[0] == 4 else img.expand(3, -1, -1)
-    return img.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def _heat(amap, reduce: str | None, sign: str) -> torch.Tensor:
@@ -103,16 +93,20 @@ def scale_map(amap, *, sign: str = "positive", clip: float = 99.0, reduce: str |
     return _scaled(amap, sign, clip, reduce, origin)[0]
 
 
+SEQUENTIAL = "inferno"    # perceptually uniform, dark at 0: |a| and positive parts
+DIVERGING = "coolwarm"    # Moreland's diverging map, centred on 0: signed maps
+
+
 def _cmap_name(cmap: str | None, sign: str) -> str:
-    return cmap or ("bwr" if sign == "all" else "jet")
+    return cmap or (DIVERGING if sign == "all" else SEQUENTIAL)
 
 
 def colorize(amap, *, sign: str = "positive", cmap: str | None = None, clip: float = 99.0,
              reduce: str | None = None, origin: str = "zero") -> np.ndarray:
     """A map as an RGB array ``[H, W, 3]`` in [0, 1] through a matplotlib colormap.
 
-    ``cmap`` defaults to ``"jet"``, or ``"bwr"`` (diverging, white at 0) for
-    ``sign="all"``. Other arguments as :func:`scale_map`.
+    ``cmap`` defaults to :data:`SEQUENTIAL` (``"inferno"``, perceptually uniform), or :data:`DIVERGING`
+    (``"coolwarm"``, centred on 0) for ``sign="all"``. Other arguments as :func:`scale_map`.
 
     Example:
         >>> rgb = fxai.viz.colorize(cam[0], cmap="inferno")
@@ -124,15 +118,17 @@ def colorize(amap, *, sign: str = "positive", cmap: str | None = None, clip: flo
     return matplotlib.colormaps[_cmap_name(cmap, sign)](values)[..., :3].astype(np.float32)
 
 
-def overlay(image, amap, *, alpha: float = 0.5, sign: str = "positive", cmap: str | None = None,
+def overlay(image, amap, *, alpha: float = 0.8, sign: str = "positive", cmap: str | None = None,
             clip: float = 99.0, reduce: str | None = None, origin: str = "zero") -> np.ndarray:
-    r"""The map blended over the image: :math:`(1 - \alpha)\,\mathrm{image} + \alpha\,\mathrm{cmap}(\mathrm{map})`.
+    r"""The map blended over the image, as much as it is large: with :math:`s` the scaled map
+    (:func:`scale_map`, in [0, 1], or [-1, 1] signed), :math:`w = \alpha\,|s|` and
+    :math:`(1 - w)\,\mathrm{image} + w\,\mathrm{cmap}(s)`: where the map is 0 the input shows unchanged.
 
     Args:
         image: ``[C, H, W]`` (C = 1, 3 or 4; values in [0, 1], not normalised) or ``[H, W]``.
         amap: ``[H, W]`` or ``[C, H, W]`` map of the same spatial size (resize
             with :func:`fxai.postprocess.upsample` first if needed).
-        alpha: weight of the colour map, in [0, 1].
+        alpha: weight of the colour map where the map is largest, in [0, 1].
         Others as :func:`colorize`.
 
     Returns:
@@ -143,21 +139,13 @@ def overlay(image, amap, *, alpha: float = 0.5, sign: str = "positive", cmap: st
     """
     if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    rgb = _image_rgb(image)
+    rgb = image_rgb(image)
     colours = colorize(amap, sign=sign, cmap=cmap, clip=clip, reduce=reduce, origin=origin)
     if colours.shape[:2] != rgb.shape[:2]:
         raise ValueError(f"map of size {colours.shape[:2]} does not match image of size {rgb.shape[:2]}; "
                          "resize it with fxai.postprocess.upsample(map, size)")
-    return ((1 - alpha) * rgb + alpha * colours).astype(np.float32)
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    weight = alpha * scale_map(amap, sign=sign, clip=clip, reduce=reduce, origin=origin).abs().numpy()[..., None]
+    return ((1 - weight) * rgb + weight * colours).astype(np.float32)
 
 
 def _colorbar(fig, axes, cmap: str, low: float, high: float, label: str):
@@ -165,6 +153,9 @@ def _colorbar(fig, axes, cmap: str, low: float, high: float, label: str):
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
+    if low == high:                                  # a constant map: a scale of one unit, said in the label
+        label += f"\nthe map is {'0' if low == 0 else f'{low:.3g}'} everywhere"
+        high = low + (1.0 if low >= 0 else -1.0)
     mappable = ScalarMappable(Normalize(min(low, high), max(low, high)), matplotlib.colormaps[cmap])
     if high < low:                                   # "negative": the top of the scale is the most negative value
         mappable = ScalarMappable(Normalize(high, low), matplotlib.colormaps[cmap].reversed())
@@ -180,7 +171,7 @@ _SIGN_LABEL = {"positive": "max(a, 0)", "negative": "max(-a, 0)", "absolute": "|
 
 
 def explanation(image, amap, *, title: str | None = None, sign: str = "positive", origin: str = "zero",
-                alpha: float = 0.5, cmap: str | None = None, clip: float = 99.0, reduce: str | None = None,
+                alpha: float = 0.8, cmap: str | None = None, clip: float = 99.0, reduce: str | None = None,
                 cell: float = 3.0):
     """A figure of one explanation: the input, the map over it, and a colour bar in the map's own units.
 
@@ -193,14 +184,17 @@ def explanation(image, amap, *, title: str | None = None, sign: str = "positive"
     """
     scaled, low, high = _scaled(amap, sign, clip, reduce, origin)
     rgb = overlay(image, amap, alpha=alpha, sign=sign, cmap=cmap, clip=clip, reduce=reduce, origin=origin)
-    fig = _figure(2 * cell + 1.0, cell + (0.45 * (title.count("\n") + 1) if title else 0.1))
+    fig = figure(2 * cell + 1.0, cell + (0.45 * (title.count("\n") + 1) if title else 0.1))
     axes = fig.subplots(1, 2, squeeze=False)[0]
-    for ax, panel, name in zip(axes, (_image_rgb(image), rgb), ("input", "map")):
+    for ax, panel, name in zip(axes, (image_rgb(image), rgb), ("input", "map")):
         ax.imshow(panel, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(name, fontsize=9)
-    shown = "a, from its minimum" if origin == "min" and sign != "absolute" else _SIGN_LABEL[sign]
+    shown = _SIGN_LABEL[sign]
+    if origin == "min":                              # ticks in the label's units: the variation above the minimum
+        shown = "|a| − min(|a|)" if sign == "absolute" else "a − min(a)"
+        low, high = 0.0, high - low
     _colorbar(fig, axes[1], _cmap_name(cmap, sign), low, high, f"{shown} (clipped at the {clip:g}th percentile)")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -208,7 +202,7 @@ def explanation(image, amap, *, title: str | None = None, sign: str = "positive"
 
 
 def grid(images, maps: Mapping[str, object] | None = None, *, masks=None, row_titles: Sequence[str] | None = None,
-         alpha: float = 0.5, sign: str | Mapping[str, str] = "positive", origin: str | Mapping[str, str] = "zero",
+         alpha: float = 0.8, sign: str | Mapping[str, str] = "positive", origin: str | Mapping[str, str] = "zero",
          cmap: str | None = None, clip: float = 99.0, cell: float = 1.6, title: str | None = None,
          transpose: bool = False, wrap: int | None = None, colorbar: bool = True):
     """A grid figure: one row per image; columns are the image, its mask (if given) and each named map over it.
@@ -255,16 +249,17 @@ def grid(images, maps: Mapping[str, object] | None = None, *, masks=None, row_ti
     bands = -(-len(kinds) // per_row)                 # rows of panels per image
     rows, cols = (len(kinds), count) if transpose else (count * bands, per_row)
     head = 0.22 * (title.count("\n") + 1) + 0.1 if title else 0.0
-    fig = _figure(max(cell * cols + (1.0 if colorbar else 0.3), 3.0 if title else 0.0), cell * rows + 0.2 + head)
+    fig = figure(max(cell * cols + (1.4 if colorbar else 0.3), 3.0 if title else 0.0), cell * rows + 0.2 + head)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_frame_on(False)
     for i in range(count):
-        panels = [_image_rgb(images[i])]
+        panels = [image_rgb(images[i])]
         if masks is not None:
-            panels.append(overlay(images[i], torch.as_tensor(masks[i]).float(), alpha=0.6, cmap="gray", clip=100))
+            mask = torch.as_tensor(masks[i]).float().cpu().numpy()[..., None]
+            panels.append(image_rgb(images[i]) * (0.25 + 0.75 * mask))     # outside the object: darkened
         for name, m in maps.items():
             panels.append(None if m[i] is None else overlay(images[i], torch.as_tensor(m[i]), alpha=alpha,
                                                             sign=signs[name], cmap=cmap, clip=clip,
@@ -298,12 +293,15 @@ _STYLES = ("-", "--", ":", "-.")
 
 
 def curves(data: Mapping[str, tuple], *, title: str | None = None, xlabel: str = "fraction of pixels",
-           ylabel: str = "score", ax_titles: Sequence[str] | None = None, reference: str | None = None):
+           ylabel: str = "score", ax_titles: Sequence[str] | None = None, reference: str | None = None,
+           highlight: int | None = None):
     """Line plots of metric curves: ``{label: (x [T], y [T])}``, or a list of such dicts for side-by-side panels.
 
     Lines keep the dicts' order (pass them ordered by score) and no two share both colour and line style
     (10 colours × 4 styles); ``reference`` names a line drawn thick, black and dashed (e.g. a random map). The
-    legend sits beside each plot, off the data.
+    legend sits beside each plot, off the data. ``highlight``: only the first ``highlight`` lines of each panel
+    in colour (the best, when ordered by score), the others thin and gray under one legend entry (readable
+    with 20 and more methods).
 
     Example:
         >>> fractions = torch.linspace(0, 1, 11)
@@ -315,16 +313,26 @@ def curves(data: Mapping[str, tuple], *, title: str | None = None, xlabel: str =
     panels = [data] if isinstance(data, Mapping) else list(data)
     colours = matplotlib.colormaps["tab10"].colors
     longest = max((len(p) for p in panels), default=0)
-    fig = _figure((4.2 + (2.8 if longest else 0)) * len(panels), max(3.4, 0.17 * longest + 1.0))
+    if highlight is not None and (isinstance(highlight, bool) or not isinstance(highlight, int) or highlight < 0):
+        raise ValueError(f"highlight must be a non-negative int or None, got {highlight!r}")
+    if highlight is not None:
+        longest = min(longest, highlight + 2)
+    fig = figure((4.2 + (2.8 if longest else 0)) * len(panels), max(3.4, 0.17 * longest + 1.0))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for i, (ax, panel) in enumerate(zip(axes, panels)):
         k = 0
+        others = [name for name in panel if name != reference][highlight:] if highlight is not None else []
         for label, (x, y) in panel.items():
             xs, ys = np.asarray(torch.as_tensor(x).cpu()), np.asarray(torch.as_tensor(y).detach().cpu())
             if label == reference:
                 ax.plot(xs, ys, label=label, color="black", linestyle="--", linewidth=2.4, zorder=3)
                 continue
-            ax.plot(xs, ys, label=label, color=colours[k % 10], linestyle=_STYLES[(k // 10) % 4], linewidth=1.4)
+            if label in others:
+                ax.plot(xs, ys, color="0.7", linewidth=0.8, zorder=1,
+                        label=f"{len(others)} other methods" if label == others[0] else None)
+                continue
+            ax.plot(xs, ys, label=label, color=colours[k % 10], linestyle=_STYLES[(k // 10) % 4], linewidth=1.6,
+                    zorder=2)
             k += 1
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
