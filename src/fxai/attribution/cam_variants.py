@@ -52,7 +52,7 @@ def kernel_component(weighted: torch.Tensor, *, kernel: str = "sigmoid", gamma: 
     """
     check_choice(kernel, KERNELS, name="kernel")
     dtype = weighted.dtype
-    w = weighted.float() if dtype in (torch.float16, torch.bfloat16) else weighted
+    w = weighted.double() if weighted.device.type != "mps" else weighted.float()  # a small h·w × h·w problem
     flat = w.flatten(-2).transpose(-1, -2)
     flat = flat - flat.mean(-2, keepdim=True)
     g = 1.0 / flat.shape[-1] if gamma is None else gamma
@@ -151,7 +151,7 @@ KPCA-CAM: Eigen-CAM with kernel PCA, the activations projected on their first ke
 
 Karmani et al., "KPCA-CAM: Visual Explainability of Deep Computer Vision Models using Kernel PCA",
 2024 (:func:`kernel_component`). Class-agnostic: one forward pass, no gradient. The ``h·w × h·w``
-kernel matrix is eigendecomposed in torch on ``x``'s device (pytorch-grad-cam runs scikit-learn's
+kernel matrix is eigendecomposed in torch (float64) on ``x``'s device (pytorch-grad-cam runs scikit-learn's
 ``KernelPCA`` per image); the free sign is fixed as Eigen-CAM's. No final ReLU by default
 (pytorch-grad-cam applies one).
 """)
