@@ -17,7 +17,7 @@ from .._core.docs import documented
 from .._core.layers import forward_with_activations, layer_gradients, tapped
 from .._core.targets import as_target, check_logits
 from .cam_driver import as_grid, first_component, layer_cam_method, oriented
-from .gradient_cams import _mean_gradient, _plus_plus, grad_cam
+from .gradient_cams import grad_cam, mean_gradient, plus_plus
 
 KERNELS = ("sigmoid", "rbf", "poly", "cosine", "linear")
 
@@ -124,7 +124,7 @@ component is taken of the rectified products, as pytorch-grad-cam does.
 """)
 
 shapley_cam = layer_cam_method(
-    "shapley_cam", _mean_gradient, relu=True, source=_shapley_tensors,
+    "shapley_cam", mean_gradient, relu=True, source=_shapley_tensors,
     example='m = fxai.shapley_cam(model_fn, params, x, target=3, layer="layer4")',
     doc=r"""
 Shapley-CAM: Grad-CAM with the gradient corrected by half the Hessian along the activation,
@@ -169,7 +169,7 @@ Models", Applied Sciences 2025 (Eqs. 10-13); for segmentation pass a callable ta
 """)
 
 refine_cam = layer_cam_method(
-    "refine_cam", _plus_plus, relu=True, fusion="product", options={"eps": 1e-6},
+    "refine_cam", plus_plus, relu=True, fusion="product", options={"eps": 1e-6},
     described={"eps": "added to the denominator of Grad-CAM++'s :math:`\\alpha` (default 1e-6)."},
     example='m = fxai.refine_cam(model_fn, params, x, target=3, layer=["layer3", "layer4"])',
     doc=r"""

@@ -14,7 +14,8 @@ from .cam_driver import layer_cam_method
 from .guided import guided_backprop
 
 
-def _mean_gradient(a, g, **_):
+def mean_gradient(a, g, **_):
+    """Grad-CAM's weighting: the channel's mean gradient times its activation."""
     return g.mean((-2, -1), keepdim=True) * a
 
 
@@ -22,7 +23,8 @@ def _elementwise(a, g, **_):
     return g * a
 
 
-def _plus_plus(a, g, *, eps, **_):
+def plus_plus(a, g, *, eps, **_):
+    """Grad-CAM++'s weighting (see :data:`grad_cam_plus_plus`)."""
     g2 = g * g
     denom = 2 * g2 + a.sum((-2, -1), keepdim=True) * g2 * g + eps
     alpha = torch.where(g != 0, g2 / denom, torch.zeros_like(g))
@@ -42,7 +44,7 @@ def _activations(a, g, **_):
 
 
 grad_cam = layer_cam_method(
-    "grad_cam", _mean_gradient, relu=True,
+    "grad_cam", mean_gradient, relu=True,
     example='m = fxai.grad_cam(model_fn, params, x, target=3, layer="layer4")',
     doc=r"""
 Grad-CAM: :math:`\mathrm{ReLU}\big(\sum_c w_c A_c\big)`, :math:`w_c = \frac{1}{hw}\sum_{ij} G_{cij}`.
@@ -66,7 +68,7 @@ applies one). For a GAP + linear head it equals CAM / (h·w) and sums to the sco
 """)
 
 grad_cam_plus_plus = layer_cam_method(
-    "grad_cam_plus_plus", _plus_plus, relu=True, options={"eps": 1e-6},
+    "grad_cam_plus_plus", plus_plus, relu=True, options={"eps": 1e-6},
     described={"eps": "added to the denominator of :math:`\\alpha` (default 1e-6)."},
     example='m = fxai.grad_cam_plus_plus(model_fn, params, x, target=3, layer="layer4")',
     doc=r"""
