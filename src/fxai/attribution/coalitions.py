@@ -67,22 +67,32 @@ class Baseline:
         return out.reshape(-1, *x.shape[1:])
 
 
-def coalition_scores(model_fn, params, x, target, groups, coalitions, count: int, baseline: Baseline, *,
-                     chunk_size=None) -> torch.Tensor:
-    """Scores ``[S, B]`` (``[S, B, K]``) of ``count`` coalitions ``coalitions(s [n]) -> bool [n, M]`` of
-    every image, the features being ``groups [B, c, H, W]`` (:func:`fxai.attribution.features.feature_groups`)."""
+def masked_scores(model_fn, params, x, target, keep_of, count: int, baseline: Baseline, *,
+                  chunk_size=None) -> torch.Tensor:
+    """Scores ``[S, B]`` (``[S, B, K]``) of ``count`` perturbations of every image, perturbation ``s`` of
+    image ``i`` keeping ``keep_of(s [n], i [n]) -> bool [n, c, H, W]`` of ``x`` and taking the rest from the
+    baseline. Rows ``s·B + i`` are built and scored ``chunk_size`` at a time."""
     batch = x.shape[0]
     chunk_size = auto_chunk(chunk_size, x)
     group = batch if baseline.imputer is not None else target.group
-    flat = groups.reshape(batch, -1)
     parts = []
     for a, b in row_chunks(count * batch, chunk_size, group):
         r = torch.arange(a, b, device=x.device)
         s, i = r // batch, r % batch
-        z = coalitions(s)
-        keep = z.gather(1, rows_of(flat, i)).reshape(len(r), *groups.shape[1:])
-        parts.append(row_scores(model_fn, params, baseline.rows(x, keep, i, batch), target, a))
+        parts.append(row_scores(model_fn, params, baseline.rows(x, keep_of(s, i), i, batch), target, a))
     return per_input(parts, batch)
+
+
+def coalition_scores(model_fn, params, x, target, groups, coalitions, count: int, baseline: Baseline, *,
+                     chunk_size=None) -> torch.Tensor:
+    """Scores ``[S, B]`` (``[S, B, K]``) of ``count`` coalitions ``coalitions(s [n]) -> bool [n, M]`` of
+    every image, the features being ``groups [B, c, H, W]`` (:func:`fxai.attribution.features.feature_groups`)."""
+    flat = groups.reshape(groups.shape[0], -1)
+
+    def keep_of(s, i):
+        return coalitions(s).gather(1, rows_of(flat, i)).reshape(len(s), *groups.shape[1:])
+
+    return masked_scores(model_fn, params, x, target, keep_of, count, baseline, chunk_size=chunk_size)
 
 
 def bits(s: torch.Tensor, m: int) -> torch.Tensor:
