@@ -21,11 +21,11 @@ from fxai import data, metrics, postprocess, registry, viz
 from fxai.app import loading
 from fxai._core import discovery, docs, functional, layers, targets
 from fxai.rules import relu as rules
-from fxai.attribution import cam_driver, integrated
+from fxai.attribution import cam_driver, features, integrated
 from fxai.metrics import registry as metric_registry
 
 MODULES = [fxai, metrics, postprocess, viz, registry, metric_registry, data, loading, fxai._core.grids, cam_driver,
-           integrated, discovery, docs, functional, layers, rules, targets]
+           integrated, features, discovery, docs, functional, layers, rules, targets]
 
 
 class _Block(nn.Module):
