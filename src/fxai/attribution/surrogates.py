@@ -75,7 +75,9 @@ def kernel_shap(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
     (Covert & Lee 2021); the constraint is solved exactly with the KKT system
     :math:`[[Z^\top W Z, \mathbf 1], [\mathbf 1^\top, 0]]`, not approximated by heavily weighted samples
     (Captum's ``KernelShap``). Efficiency holds exactly; with every coalition (``samples=None``) the solution
-    is the exact Shapley values. Costs ``samples + 2`` evaluations per image (1002 with the defaults).
+    is the exact Shapley values. A pair (z, 1 − z) adds one equation under the constraint, so ``samples``
+should exceed ``2M``; when the pairs drawn do not determine every value, the least-norm solution is taken.
+Costs ``samples + 2`` evaluations per image (1002 with the defaults).
 
     {args}
 
@@ -121,9 +123,8 @@ def kernel_shap(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
     rhs = torch.cat([((y * w) @ zf) * _spread(p, extra), delta[..., None]], -1)
     try:
         phi = torch.linalg.solve(_spread(kkt, extra), rhs[..., None])[..., :m, 0]
-    except torch.linalg.LinAlgError:
-        raise ValueError(f"kernel_shap: {samples} coalitions do not determine the values of {m} features; "
-                         "draw more samples (at least 2M is a start)") from None
+    except torch.linalg.LinAlgError:  # too few distinct pairs to determine every value: the least-norm one
+        phi = (torch.linalg.pinv(_spread(kkt, extra)) @ rhs[..., None])[..., :m, 0]
     out = to_map(phi, groups, x)
     if not return_fit:
         return out
