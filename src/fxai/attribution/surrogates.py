@@ -98,10 +98,9 @@ Costs ``samples + 2`` evaluations per image (1002 with the defaults).
         check_exact(m, "kernel_shap with samples=None")
         z = bits(torch.arange(1, 2**m - 1, device=x.device), m)
         w = shapley_kernel(m, z.sum(1))
-    else:
-        if m < 2:
-            raise ValueError("kernel_shap: needs at least 2 features")
-        z = _kernel_coalitions(key, samples, m, x.device)
+    else:  # one feature: no coalition between the empty and the full one, and phi = f(x) - f(baseline)
+        z = _kernel_coalitions(key, samples, m, x.device) if m > 1 else torch.zeros(0, m, dtype=torch.bool,
+                                                                                      device=x.device)
         w = torch.ones(len(z), dtype=torch.float64, device=x.device)
 
     def coalitions(s):
