@@ -66,7 +66,8 @@ def superpixels(x: torch.Tensor, method: str = "slic", *, rescale: bool = True, 
     is segmented on the CPU, channels last, in float64, after min–max scaling to ``[0, 1]`` when ``rescale``
     (the parameters above assume that range; ``rescale=False`` passes the values as they are). A
     one-channel image is repeated to three channels for quickshift. The ids start at 0. Not
-    differentiable (ids), and computed from ``x.detach()``.
+    differentiable (ids), and computed from ``x.detach()``. SLIC's connectivity step merges the fragments
+    it finds in pure noise into one segment: give it images, or use Felzenszwalb.
 
     Example:
         >>> fxai.superpixels(x, "felzenszwalb", scale=100).shape

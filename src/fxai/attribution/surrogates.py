@@ -103,9 +103,11 @@ Costs ``samples + 2`` evaluations per image (1002 with the defaults).
                                                                                       device=x.device)
         w = torch.ones(len(z), dtype=torch.float64, device=x.device)
 
+    padded = torch.cat([z, z.new_zeros(1, m)])         # a row to index when no coalition is sampled
+
     def coalitions(s):
         full = (s == 1)[:, None]
-        return torch.where(s[:, None] < 2, full, z[(s - 2).clamp(min=0)])
+        return torch.where(s[:, None] < 2, full, padded[(s - 2).clamp(min=0)])
 
     with black_box(params, x, base.fill):
         v = coalition_scores(model_fn, params, x, target, groups, coalitions, len(z) + 2, base,
