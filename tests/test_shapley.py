@@ -383,3 +383,35 @@ def test_errors_name_the_argument(net64):
     with pytest.raises(ValueError, match="baseline"):
         fxai.owen_values(model_fn, params, x, 0, baseline="linear")
     assert coalitions.EXACT_LIMIT == 14
+
+
+def test_boundaries():
+    edge = features.boundaries(torch.stack([fxai.grid_mask((4, 6), (2, 3)), torch.zeros(4, 6, dtype=torch.long)]))
+    assert edge[0].int().tolist()[0] == [0, 1, 0, 1, 0, 0] and edge[0, 1].all() and not edge[1].any()
+
+
+TINY_MODEL = '''
+from torch import nn
+
+
+def tiny():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+'''
+
+
+def test_cli_explain_with_superpixels(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fxai.app import cli
+
+    (tmp_path / "shapley_models.py").write_text(TINY_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    blocks = np.kron(np.random.default_rng(0).integers(0, 256, (4, 4, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    Image.fromarray(blocks).save(tmp_path / "blocks.png")
+    code = cli.main(["explain", "blocks.png", "--model", "shapley_models:tiny", "--keep-size", "--method",
+                     "kernel_shap,owen_values", "--option", "feature_mask=felzenszwalb:50", "--option", "samples=32",
+                     "--option", "max_evals=40", "--out", "out"])
+    assert code == 0
+    amap = torch.load(tmp_path / "out" / "blocks_kernel_shap.pt")
+    assert amap.shape == (3, 32, 32) and len(torch.unique(amap)) > 2

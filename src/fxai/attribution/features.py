@@ -47,6 +47,23 @@ def grid_mask(size, cells=8, *, device=None) -> torch.Tensor:
     return r[:, None] * cols + c[None, :]
 
 
+def boundaries(feature_mask: torch.Tensor) -> torch.Tensor:
+    """Where features meet: a bool mask like ``feature_mask [..., H, W]``, true at pixels whose right or lower
+    neighbour belongs to another feature; overlay it on a per-feature map to draw the superpixels.
+
+    Example:
+        >>> boundaries(fxai.grid_mask((4, 4), 2)).int()
+        tensor([[0, 1, 0, 0],
+                [1, 1, 1, 1],
+                [0, 1, 0, 0],
+                [0, 1, 0, 0]], dtype=torch.int32)
+    """
+    edge = torch.zeros(feature_mask.shape, dtype=torch.bool, device=feature_mask.device)
+    edge[..., :, :-1] |= feature_mask[..., :, 1:] != feature_mask[..., :, :-1]
+    edge[..., :-1, :] |= feature_mask[..., 1:, :] != feature_mask[..., :-1, :]
+    return edge
+
+
 def _skimage_segmentation():
     try:
         from skimage import segmentation
