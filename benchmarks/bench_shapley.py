@@ -5,7 +5,8 @@ evaluations as its counterparts: Captum (its default ``perturbations_per_eval=1`
 size), lime's ``LimeImageExplainer`` (same superpixels, its ``batch_size`` = the chunk size), shap's
 ``PartitionExplainer`` (``maskers.Image``, ``batch_size`` = the chunk size), and the floor: forwards
 over the same number of inputs, built beforehand, in chunks of the same size. Runs interleaved in one
-process; the table gives median times and their ratio to the floor.
+process; the table gives median CPU times of the process (one thread; on a machine shared with other jobs
+wall times mostly measure the waiting) and their ratio to the floor.
 
 Accuracy: the RMS error against exact Shapley values (every coalition of 12 grid cells) of a small CNN on
 32×32 inputs, against the number of evaluations, over seeds: fxai's antithetic orderings and KernelSHAP
@@ -19,15 +20,28 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
-from timing import interleaved_medians  # noqa: E402
 
 import fxai  # noqa: E402
+
+
+def cpu_medians(variants: dict, repeats: int, *, warm_up: bool) -> dict:
+    """Median CPU seconds of each variant over ``repeats`` interleaved rounds (after an untimed round)."""
+    times = {name: [] for name in variants}
+    for r in range(repeats + int(warm_up)):
+        for name, fn in variants.items():
+            start = time.process_time()
+            fn()
+            if r or not warm_up:
+                times[name].append(time.process_time() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def speed(args):
@@ -82,11 +96,11 @@ def speed(args):
             "shap": lambda: _shap(f_numpy, img, target, n, cs)}),
     }
     floor(2 * cs)()  # the first forwards allocate: outside every timing
-    print("\n| method | evaluations | variant | time (s) | × floor |\n|---|---|---|---|---|")
+    print("\n| method | evaluations | variant | CPU time (s) | × floor |\n|---|---|---|---|---|")
     for name, (rows, variants) in groups.items():
         if args.only and name not in args.only:
             continue
-        med = interleaved_medians({"floor": floor(rows), **variants}, args.repeats, warm_up=args.warm_up)
+        med = cpu_medians({"floor": floor(rows), **variants}, args.repeats, warm_up=args.warm_up)
         for variant, t in med.items():
             print(f"| {name} | {rows} | {variant} | {t:.2f} | {t / med['floor']:.2f} |", flush=True)
 

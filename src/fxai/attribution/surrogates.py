@@ -122,10 +122,9 @@ Costs ``samples + 2`` evaluations per image (1002 with the defaults).
     kkt = torch.cat([torch.cat([a, p[:, :, None]], 2),
                      torch.cat([p[:, None, :], p.new_zeros(p.shape[0], 1, 1)], 2)], 1)   # [B, M + 1, M + 1]
     rhs = torch.cat([((y * w) @ zf) * _spread(p, extra), delta[..., None]], -1)
-    try:
-        phi = torch.linalg.solve(_spread(kkt, extra), rhs[..., None])[..., :m, 0]
-    except torch.linalg.LinAlgError:  # too few distinct pairs to determine every value: the least-norm one
-        phi = (torch.linalg.pinv(_spread(kkt, extra)) @ rhs[..., None])[..., :m, 0]
+    # The pseudo-inverse (by eigh): the exact solution when the coalitions determine every value, the
+    # least-norm one when too few distinct pairs were drawn (a plain solve returns rounding noise there).
+    phi = (torch.linalg.pinv(_spread(kkt, extra), hermitian=True) @ rhs[..., None])[..., :m, 0]
     out = to_map(phi, groups, x)
     if not return_fit:
         return out
