@@ -73,14 +73,15 @@ def owen_values(model_fn, params, x: torch.Tensor, target: TargetLike = None, *,
                 max_evals: int = 500, per_round: int = 10, chunk_size: int | None = None) -> torch.Tensor:
     r"""Owen values over shap's balanced hierarchy of image regions, within a budget of evaluations.
 
-    .. math:: \phi_{\text{node}} \mathrel{+}= \tfrac{w}{2}\big(f(x_{S \cup L}) - f(x_S)\big) + \dots, \qquad
-              \text{children visited in the contexts } S \text{ and } S \cup \text{sibling}
+    .. math:: \phi_L \leftarrow \tfrac{w}{2}\big[v(S \cup L) - v(S)\big]
+              + \tfrac{w}{2}\big[v(S \cup N) - v(S \cup R)\big]\ \text{(recursively)}
 
     Owen, "Values of games with a priori unions", 1977; Lundberg et al.'s ``PartitionExplainer`` (shap)
-    for images, whose traversal this follows (see the module docstring): a node with value
-    :math:`f_{11} - f_{00}` and weight :math:`w` evaluates its left child :math:`L` and right child
-    :math:`R` in its context, and each child inherits weight :math:`w/2` in the context without and with
-    its sibling. With a budget that reaches every leaf these are the exact Owen values of the hierarchy
+    for images, whose traversal this follows (see the module docstring): a node :math:`N` reached in
+    context :math:`S` with weight :math:`w` (the root: :math:`S = \emptyset`, :math:`w = 1`) evaluates
+    :math:`v(S \cup L)` and :math:`v(S \cup R)` for its halves :math:`L, R`; each half is then reached with
+    weight :math:`w/2` in the context without and with its sibling, and a leaf, or a node left when the
+    budget is spent, takes :math:`w\,(v(S \cup N) - v(S))`, :math:`v(S) = f_c(x_S)`. With a budget that reaches every leaf these are the exact Owen values of the hierarchy
     (about :math:`\tfrac23 N^2` evaluations for :math:`N` elements); below it, unexpanded regions keep
     their value, spread evenly over their pixels. Efficiency holds exactly at any budget:
     the map sums to :math:`f_c(x) - f_c(\text{baseline})`. Deterministic: ties between equal priorities go
