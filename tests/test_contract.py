@@ -137,8 +137,11 @@ def test_differentiable_wrt_params(info, setup, tiny_input):
 
     leaves = {k: params[k].clone().requires_grad_() for k in grads}
     auto = torch.autograd.grad(loss(leaves), list(leaves.values()), allow_unused=True)
+    # Tolerance on the scale of the largest gradient: a tensor whose exact gradient is 0 (the bias of a map
+    # made of score differences) holds only rounding noise, which the two routes round differently.
+    scale = max(float(g.abs().max()) for g in grads.values())
     for g, a in zip(grads.values(), auto):
-        assert_maps_close(torch.zeros_like(g) if a is None else a, g, rtol=1e-4)
+        torch.testing.assert_close(torch.zeros_like(g) if a is None else a, g, rtol=1e-4, atol=1e-4 * scale)
 
 
 # Methods whose maps' derivatives are known to be inexact (an open limitation, measured here): none.

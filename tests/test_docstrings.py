@@ -22,11 +22,12 @@ from fxai import data, metrics, postprocess, registry, viz
 from fxai.app import evaluate, loading
 from fxai._core import discovery, docs, functional, layers, targets
 from fxai.rules import relu as rules
-from fxai.attribution import cam_driver, cam_variants, integrated, paths, xrai
+from fxai.attribution import cam_driver, cam_variants, features, integrated, paths, xrai
 from fxai.metrics import registry as metric_registry
 
 MODULES = [fxai, metrics, postprocess, viz, registry, metric_registry, data, loading, evaluate, fxai._core.grids,
-           cam_driver, cam_variants, integrated, discovery, docs, functional, layers, rules, targets, paths, xrai,
+           cam_driver, cam_variants, integrated, features, discovery, docs, functional, layers, rules, targets, paths,
+           xrai,
            sys.modules["fxai.metrics.pic"]]
 
 

@@ -59,6 +59,14 @@ from .attribution.masked_cams import is_cam as is_cam
 from .attribution.masked_cams import ss_cam as ss_cam
 from .attribution.masks import occlusion as occlusion
 from .attribution.masks import rise as rise
+from .attribution.features import grid_mask as grid_mask
+from .attribution.features import superpixels as superpixels
+from .attribution.shapley import feature_ablation as feature_ablation
+from .attribution.shapley import shapley_values as shapley_values
+from .attribution.shapley import shapley_sampling as shapley_sampling
+from .attribution.surrogates import kernel_shap as kernel_shap
+from .attribution.surrogates import lime as lime
+from .attribution.owen import owen_values as owen_values
 from ._core.grids import to_grid as to_grid
 from .targets import segmentation_target as segmentation_target
 from .targets import box_target as box_target
@@ -101,6 +109,14 @@ __all__ = [
     "registry",
     "roar",
     "rise",
+    "feature_ablation",
+    "grid_mask",
+    "kernel_shap",
+    "lime",
+    "owen_values",
+    "shapley_sampling",
+    "shapley_values",
+    "superpixels",
     "score_cam",
     "segmentation_target",
     "box_target",

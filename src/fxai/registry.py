@@ -22,7 +22,7 @@ from types import MappingProxyType
 from ._core.checks import unknown_name
 from .attribution import class_activation, full_grad, gradient, gradient_cams, guided, integrated, masked_cams, masks
 from .attribution import deeplift, lrp, smooth
-from .attribution import paths, xrai
+from .attribution import owen, paths, shapley, surrogates, xrai
 from .attribution import cam_variants
 
 KINDS = ("pixel", "cam", "transform")
@@ -137,6 +137,16 @@ _ALL = [
                quick={"num_masks": 8, "cell_size": 4}),
     MethodInfo("occlusion", masks.occlusion, family="mask", sized=_occlusion_window,
                quick={"window": (4, 4), "stride": 4}),
+    MethodInfo("feature_ablation", shapley.feature_ablation, family="mask", quick={"feature_mask": "grid:4"}),
+    MethodInfo("shapley_values", shapley.shapley_values, family="mask", quick={"feature_mask": "grid:2"}),
+    MethodInfo("shapley_sampling", shapley.shapley_sampling, family="mask", cost={"samples": 25},
+               quick={"samples": 4, "feature_mask": "grid:3"}),
+    MethodInfo("kernel_shap", surrogates.kernel_shap, family="mask", cost={"samples": 1000},
+               quick={"samples": 24, "feature_mask": "grid:3"}),
+    MethodInfo("lime", surrogates.lime, family="mask", cost={"samples": 1000},
+               quick={"samples": 24, "feature_mask": "grid:3"}),
+    MethodInfo("owen_values", owen.owen_values, family="mask", cost={"max_evals": 500},
+               quick={"max_evals": 40, "per_round": 20}),
     MethodInfo("smoothgrad", smooth.smoothgrad, kind="transform", family="transform", cost={"samples": 50},
                quick={"samples": 3}),
     MethodInfo("smoothgrad_sq", smooth.smoothgrad_sq, kind="transform", family="transform", cost={"samples": 50},

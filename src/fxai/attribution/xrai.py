@@ -40,7 +40,7 @@ def xrai_segments(image: torch.Tensor, *, dilation_radius: int = 5,
         from skimage.morphology import disk
         from skimage.transform import resize as resized
     except ImportError:  # pragma: no cover - an optional dependency
-        raise ImportError("XRAI's segments need scikit-image: pip install scikit-image (or fxai[regions])") from None
+        raise ImportError("XRAI's segments need scikit-image: pip install scikit-image (or fxai[superpixels])") from None
 
     check_input(image, name="image", exact_ndim=3)
     im = image.detach().cpu().permute(1, 2, 0)

@@ -6,7 +6,7 @@ import json
 import os
 import statistics
 
-from .._core.files import write_atomic, write_json, write_text
+from .._core.files import write_json, write_text
 from . import jobs
 from .pipeline import CONTROLS
 
@@ -69,41 +69,10 @@ def run_kind(cfg: dict) -> str:
 
 
 def plot(agg: dict, path: str, *, chance: float | None = None, title: str | None = None) -> None:
-    """Accuracy versus fraction: one panel per (fill, mode), one line per method, controls dashed; ``chance``
-    drawn as a gray line, ``title`` (e.g. the run's kind) above the panels."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """``accuracy.png``: accuracy versus fraction (:func:`fxai.viz.roar_accuracy`), controls dashed."""
+    from .. import viz
 
-    fills = sorted({k[1] for k in agg})
-    modes = [m for m in ("roar", "kar") if any(k[2] == m for k in agg)]
-    fig, axes = plt.subplots(len(fills), len(modes), figsize=(5.5 * len(modes), 4 * len(fills)), squeeze=False)
-    names = sorted({k[0] for k in agg}, key=lambda m: (m in CONTROLS, m))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(names)}
-    for i, fill in enumerate(fills):
-        for j, mode in enumerate(modes):
-            ax = axes[i][j]
-            for method in names:
-                points = agg.get((method, fill, mode))
-                if not points:
-                    continue
-                fr = list(points)
-                ax.errorbar(fr, [points[f][0] for f in fr], yerr=[points[f][1] for f in fr], label=method,
-                            color=colours[method], linestyle="--" if method in CONTROLS else "-", marker="o",
-                            markersize=3, capsize=3)
-            if chance is not None:
-                ax.axhline(chance, color="0.4", linestyle=":", linewidth=1.2, label=f"chance ({chance:.2f})")
-            ax.set_title(f"{mode.upper()} ({'lower' if mode == 'roar' else 'higher'} is better), {fill} fill")
-            ax.set_xlabel("fraction of pixels replaced")
-            ax.set_ylabel("test accuracy")
-            ax.set_ylim(0, 1.02)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    viz.save(viz.roar_accuracy(agg, controls=CONTROLS, chance=chance, title=title), path)
 
 
 def _cell(stat):

@@ -18,6 +18,7 @@ from .maps import save as save
 from .maps import save_rgb as save_rgb
 from .maps import scale_map as scale_map
 from .scores import scores as scores
+from .roar import roar_accuracy as roar_accuracy
 from .boxes import detection as detection
 from .concepts import concept_colours as concept_colours
 from .concepts import concept_labels as concept_labels
@@ -25,5 +26,5 @@ from .concepts import concept_overlay as concept_overlay
 from .concepts import factorization as factorization
 
 __all__ = ["ORIGINS", "SIGNS", "colorize", "concept_colours", "concept_labels", "concept_overlay", "curves",
-           "detection", "explanation", "factorization", "grid", "origin_for", "overlay", "save", "save_rgb",
-           "scale_map", "scores"]
+           "detection", "explanation", "factorization", "grid", "origin_for", "overlay", "roar_accuracy", "save",
+           "save_rgb", "scale_map", "scores"]
