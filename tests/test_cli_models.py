@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from fxai.app import cli, demo
+from fxai.app.explain_notes import RANDOM_WEIGHTS
 from fxai.roar import described
 
 ZERO_HEAD = '''
@@ -52,7 +53,7 @@ def test_random_weights_are_said_and_drawn_from_the_seed(root, capsys):
     a = _explain(root, capsys, "--model", model, "--method", "gradient", "--out", str(root / "r1"), "--seed", "3")
     b = _explain(root, capsys, "--model", model, "--method", "gradient", "--out", str(root / "r2"), "--seed", "3")
     c = _explain(root, capsys, "--model", model, "--method", "gradient", "--out", str(root / "r3"), "--seed", "4")
-    assert cli.RANDOM_WEIGHTS in a
+    assert RANDOM_WEIGHTS in a
     line = [ln for ln in a.splitlines() if ln.startswith(str(root / "a.png"))]
     assert line == [ln for ln in b.splitlines() if ln.startswith(str(root / "a.png"))]    # same ranking, same p
     assert line != [ln for ln in c.splitlines() if ln.startswith(str(root / "a.png"))]
@@ -79,7 +80,7 @@ def test_the_demo_checkpoint_rebuilds_itself_with_its_class_names(root, capsys, 
     for flag in ("--weights", "--model"):
         text = _explain(root, capsys, flag, str(tmp_path / "model.pt"), "--method", "gradient",
                         "--out", str(tmp_path / flag.strip("-")))
-        assert cli.RANDOM_WEIGHTS not in text
+        assert RANDOM_WEIGHTS not in text
         ranking = next(ln for ln in text.splitlines() if ln.startswith(str(root / "a.png")))
         assert sum(name in ranking for name in ("square", "disc", "triangle", "cross")) == 4
 

@@ -232,3 +232,15 @@ def _deep_to_float(img):
         depth = next((b for b in DEPTHS if peak <= 2 ** b - 1), DEPTHS[-1])
         values = values / (2 ** depth - 1)
     return Image.fromarray(values.astype(np.float32), mode="F")
+
+
+def check_writable(out: str) -> None:
+    """Create the output folder ``out`` if needed and check that files can be written there."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".fxai-write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise UsageError(f"output folder {out!r} is not writable: {err.strerror or err}") from None
