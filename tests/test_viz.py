@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import fxai
 from fxai import viz
 
 MAP = torch.tensor([[-2.0, 1.0], [0.0, 4.0]])
@@ -160,3 +161,21 @@ def test_curves_reference_and_distinct_styles():
     fig.canvas.draw()
     box = legend.get_window_extent()
     assert box.x0 >= ax.get_window_extent().x1               # the legend sits beside the data, not on it
+
+
+def test_explanation_outlines_the_features_of_a_per_feature_map(tmp_path):
+    """A map constant on superpixels is drawn with their boundaries (``fxai.boundaries``) in white; nothing else
+    changes."""
+    feature_mask = fxai.grid_mask((32, 32), 4)
+    amap = (feature_mask.float() + 1)[None].expand(3, -1, -1)
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    plain = viz.explanation(image, amap)
+    edges = fxai.boundaries(feature_mask)
+    assert torch.equal(edges, fxai.boundaries(amap[0]))          # the map's own changes are the features' edges
+    lined = viz.explanation(image, amap, outline=edges)
+    plain.canvas.draw()
+    lined.canvas.draw()
+    a, b = (np.asarray(f.canvas.buffer_rgba(), dtype=float) for f in (plain, lined))
+    changed = np.abs(a - b).sum(-1) > 0
+    assert changed.any() and not changed[:, : changed.shape[1] * 45 // 100].any()   # the input panel is untouched
+    assert b[changed][:, :3].mean() > a[changed][:, :3].mean()                     # lines are lighter

@@ -59,6 +59,7 @@ from .attribution.masked_cams import is_cam as is_cam
 from .attribution.masked_cams import ss_cam as ss_cam
 from .attribution.masks import occlusion as occlusion
 from .attribution.masks import rise as rise
+from .attribution.features import boundaries as boundaries
 from .attribution.features import grid_mask as grid_mask
 from .attribution.features import superpixels as superpixels
 from .attribution.shapley import feature_ablation as feature_ablation
@@ -84,6 +85,7 @@ from . import roar as roar
 __version__ = "0.1.0"
 
 __all__ = [
+    "boundaries",
     "Factorization",
     "FunctionalModel",
     "LayerOutput",

@@ -119,6 +119,7 @@ def run(args) -> int:
     from .._core.discovery import resolve_layers
     from .._core.functional import functional
     from .._core.targets import probabilities
+    from ..attribution.features import boundaries
     from .loading import input_channels, load_images, resolve_device
 
     if not args.keep_size and args.resize is not None and min(args.resize) < 1:
@@ -220,6 +221,7 @@ def run(args) -> int:
                 raise UsageError(f"{info.name}: {' '.join(str(err).split())}") from None
             seconds[info.name] += time.perf_counter() - start
             sign = args.sign if info.kind == "pixel" else "positive"
+            per_feature = "feature_mask" in info.parameters
             origin = viz.origin_for(info.kind, info.family)
             heat = postprocess.heatmap(amap, kind=info.kind, reduce="abs_sum" if sign == "absolute" else "sum",
                                        size=x.shape[-2:]).cpu()
@@ -235,7 +237,8 @@ def run(args) -> int:
                 title = f"{info.name} · {label(cls)} (p = {float(probs[cls]):.3f})\n{os.path.basename(path)}{note}"
                 if cls in constant:
                     title += f"\nthe map is {constant_text(h.flatten())}"
-                fig = viz.explanation(raw, h, title=title, sign=sign, origin=origin)
+                edges = boundaries(h) if per_feature else None            # where the map changes: its features
+                fig = viz.explanation(raw, h, title=title, sign=sign, origin=origin, outline=edges)
                 viz.save(fig, os.path.join(args.out, f"{stem}_{_file_name(info.name)}{suffix}.png"))
                 rows.setdefault((i, stem, cls), {})[info.name] = (h, sign, origin)
                 shown[(i, cls)] = float(probs[cls])

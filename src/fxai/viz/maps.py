@@ -172,18 +172,22 @@ _SIGN_LABEL = {"positive": "max(a, 0)", "negative": "max(-a, 0)", "absolute": "|
 
 def explanation(image, amap, *, title: str | None = None, sign: str = "positive", origin: str = "zero",
                 alpha: float = 0.8, cmap: str | None = None, clip: float = 99.0, reduce: str | None = None,
-                cell: float = 3.0):
+                cell: float = 3.0, outline=None):
     """A figure of one explanation: the input, the map over it, and a colour bar in the map's own units.
 
     The colour bar runs from the map's origin (0, or its minimum for ``origin="min"``) to the ``clip``
     percentile of what is shown; its label states the sign shown. ``cell`` is one panel's size in inches
-    (at 100 dpi). Other arguments as :func:`overlay`.
+    (at 100 dpi). ``outline``: a bool mask ``[H, W]`` drawn in white over the map (superpixel boundaries,
+    :func:`fxai.boundaries`). Other arguments as :func:`overlay`.
 
     Example:
         >>> fig = fxai.viz.explanation(x[0], fxai.grad_cam(model_fn, params, x, 3, layer="layer4")[0], title="Grad-CAM")
     """
     scaled, low, high = _scaled(amap, sign, clip, reduce, origin)
     rgb = overlay(image, amap, alpha=alpha, sign=sign, cmap=cmap, clip=clip, reduce=reduce, origin=origin)
+    if outline is not None:
+        edge = torch.as_tensor(outline, dtype=torch.bool).cpu().numpy()[..., None]
+        rgb = np.where(edge, 0.35 * rgb + 0.65, rgb)
     fig = figure(2 * cell + 1.0, cell + (0.45 * (title.count("\n") + 1) if title else 0.1))
     axes = fig.subplots(1, 2, squeeze=False)[0]
     for ax, panel, name in zip(axes, (image_rgb(image), rgb), ("input", "map")):
