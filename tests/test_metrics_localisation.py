@@ -61,6 +61,6 @@ def test_coherence_grid_writes_a_png(tmp_path):
                         cell=1.0)
     path = fxai.viz.save(fig, tmp_path / "c.png")
     with Image.open(path) as img:
-        assert img.format == "PNG" and img.size == (400, 220)  # with the colour bar
+        assert img.format == "PNG" and img.size == (440, 220)  # 3 columns of 1-inch cells + 1.4 in of colour bar
     with pytest.raises(ValueError, match=r"maps\['a'\] has 3 rows for 2 images"):
         fxai.viz.grid(x, {"a": torch.randn(3, 16, 16)})
