@@ -26,7 +26,7 @@ def _image(seed=0, size=(48, 40)):
     return ((img - img.min()) / (img.max() - img.min()) * 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.3])
+@pytest.mark.parametrize("fraction", [0.0, 0.01, pytest.param(0.3, marks=pytest.mark.slow)])
 def test_blurred_image_and_size_are_pairs(fraction):
     img = _image()
     mask = np.random.default_rng(1).random(img.shape[:2]) < fraction
@@ -37,7 +37,7 @@ def test_blurred_image_and_size_are_pairs(fraction):
     assert np.array_equal(blurred_image(gray, mask), pair_pic.create_blurred_image(gray, mask))
 
 
-@pytest.mark.parametrize("score", ["softmax", "accuracy"])
+@pytest.mark.parametrize("score", [pytest.param("softmax", marks=pytest.mark.slow), "accuracy"])
 def test_curves_equal_pairs(numpy2_trapz, score):
     img = _image()
     model = make_tiny_cnn().double()
