@@ -33,7 +33,7 @@ def default_layer(module) -> str:
 def explain_detector(args, methods, settings, default_methods: bool) -> int:
     """The ``explain`` command for a detector named by ``args.model`` (see :mod:`fxai.app.cli`)."""
     from .. import box_target, detections, functional, registry, viz
-    from .loading import load_images, load_weights, read_weights, resolve_device
+    from .loading import load_images, resolve_device, torchvision_task_model
 
     if default_methods:
         methods = [registry.method(n) for n in DEFAULT_DETECTION_METHODS]
@@ -42,13 +42,7 @@ def explain_detector(args, methods, settings, default_methods: bool) -> int:
         raise UsageError(f"a detector is explained by layer CAMs (e.g. grad_cam, eigen_cam); not by {', '.join(wrong)}")
     threshold = float(settings.pop("box_threshold", 0.5))
     device = resolve_device(args.device)
-    module = torchvision.models.get_model(args.model, weights=None, weights_backbone=None)
-    categories = list(torchvision.models.get_model_weights(args.model).DEFAULT.meta.get("categories", ()))
-    if args.weights:
-        load_weights(module, read_weights(args.weights), args.weights)
-    else:
-        categories = []  # random weights: class names would mislead
-    module = module.to(device).eval()
+    module, categories = torchvision_task_model(args.model, args.weights, device)
     model_fn, params = functional(module, output=detections)
     layer = args.layer or default_layer(module)
     os.makedirs(args.out, exist_ok=True)

@@ -244,3 +244,19 @@ def check_writable(out: str) -> None:
         os.remove(probe)
     except OSError as err:
         raise UsageError(f"output folder {out!r} is not writable: {err.strerror or err}") from None
+
+
+def torchvision_task_model(name: str, weights: str | None, device):
+    """``(module in eval mode on device, class names)`` of a torchvision detector or segmenter called ``name``,
+    with the state dict in the file ``weights`` (random weights and no class names without one: names would
+    mislead)."""
+    import torchvision
+
+    module = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+    names = list(torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories", ()))
+    if weights:
+        load_weights(module, read_weights(weights), weights)
+    else:
+        names = []
+    return module.to(device).eval(), names
+

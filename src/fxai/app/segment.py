@@ -42,16 +42,10 @@ def explain_segmenter(args, methods, settings, mode: str, value: int) -> int:
     """The ``explain`` command for a segmentation model named by ``args.model`` (see :mod:`fxai.app.cli`)."""
     from .. import functional, postprocess, registry, segmentation_target, viz
     from .cli_methods import accepted
-    from .loading import load_images, load_weights, read_weights, resolve_device
+    from .loading import load_images, resolve_device, torchvision_task_model
 
     device = resolve_device(args.device)
-    module = torchvision.models.get_model(args.model, weights=None, weights_backbone=None)
-    names = list(torchvision.models.get_model_weights(args.model).DEFAULT.meta.get("categories", ()))
-    if args.weights:
-        load_weights(module, read_weights(args.weights), args.weights)
-    else:
-        names = []  # random weights: class names would mislead
-    module = module.to(device).eval()
+    module, names = torchvision_task_model(args.model, args.weights, device)
     model_fn, params = functional(module)  # picks the "out" logits
     layer = args.layer or default_layer(module)
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(-1, 1, 1)

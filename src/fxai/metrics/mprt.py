@@ -17,7 +17,7 @@ from .._core import keys
 from .._core.batching import unstack
 from .._core.checks import check_choice, check_input, check_positive_int
 from .._core.targets import TargetLike, one_per_input
-from .randomisation import SIMILARITIES, layer_order, randomised_params
+from .randomisation import layer_order, randomised_params, similarity_function
 
 
 def histogram_entropy(attribution: torch.Tensor, *, bins: int = 100) -> torch.Tensor:
@@ -151,10 +151,7 @@ def smooth_mprt(model_fn, params, x: torch.Tensor, target: TargetLike, attributi
     check_input(x)
     if not isinstance(attribution, torch.Tensor) or attribution.shape[0] != x.shape[0]:
         raise ValueError(f"attribution must be the reference map, a tensor [B, ...] with B = {x.shape[0]}")
-    sim = SIMILARITIES.get(similarity) if isinstance(similarity, str) else similarity
-    if sim is None or not callable(sim):
-        raise ValueError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))} or a callable (a, b) -> [B]; "
-                         f"got {similarity!r}")
+    sim = similarity_function(similarity)
     gen = keys.generator(key) if stages is None or noise is None or key is not None else None
     fixed, _ = _fixed_target(model_fn, params, x, target)
     ref = attribution.detach()

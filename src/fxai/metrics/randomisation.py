@@ -172,6 +172,16 @@ SIMILARITIES = {
 }
 
 
+def similarity_function(similarity):
+    """The similarity ``(a, b) -> [B]`` named by ``similarity`` (a key of :data:`SIMILARITIES`) or given as a
+    callable."""
+    sim = SIMILARITIES.get(similarity) if isinstance(similarity, str) else similarity
+    if sim is None or not callable(sim):
+        raise ValueError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))} or a callable (a, b) -> [B]; "
+                         f"got {similarity!r}")
+    return sim
+
+
 def randomisation(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor, *,
                   method, mode: str = "cascading", layers: Sequence[str] | None = None, similarity="spearman",
                   method_options=None, key=None) -> torch.Tensor:
@@ -207,10 +217,7 @@ def randomisation(model_fn, params, x: torch.Tensor, target: TargetLike, attribu
     check_map(attribution, x)
     if not callable(method):
         raise TypeError(f"method must be an attribution method, got {type(method).__name__}")
-    sim = SIMILARITIES.get(similarity) if isinstance(similarity, str) else similarity
-    if sim is None or not callable(sim):
-        raise ValueError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))} or a callable (a, b) -> [B]; "
-                         f"got {similarity!r}")
+    sim = similarity_function(similarity)
     order = list(layer_order(params, model_fn) if layers is None else layers)[::-1]
     if not order:
         raise ValueError("layers: no layer to randomise")
@@ -264,10 +271,7 @@ def random_logit(model_fn, params, x: torch.Tensor, target: TargetLike, attribut
     check_map(attribution, x)
     if not callable(method):
         raise TypeError(f"method must be an attribution method, got {type(method).__name__}")
-    sim = SIMILARITIES.get(similarity) if isinstance(similarity, str) else similarity
-    if sim is None or not callable(sim):
-        raise ValueError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))} or a callable (a, b) -> [B]; "
-                         f"got {similarity!r}")
+    sim = similarity_function(similarity)
     tgt = one_per_input(model_fn, params, x, target)
     if tgt.index is None:
         raise ValueError("target: the random logit test needs class indices (an int, a LongTensor [B] or None)")
