@@ -23,6 +23,8 @@ from .attribution.integrated import expected_gradients as expected_gradients
 from .attribution.integrated import integrated_gradients as integrated_gradients
 from .attribution.integrated import path_rule as path_rule
 from .attribution.lrp import lrp as lrp
+from .attribution.transformers import attention_rollout as attention_rollout
+from .attribution.transformers import chefer as chefer
 from .attribution.layer_space import at_layer as at_layer
 from .attribution.layer_space import layer_conductance as layer_conductance
 from .attribution.neurons import LayerOutput as LayerOutput
@@ -67,7 +69,9 @@ __all__ = [
     "LayerOutput",
     "ablation_cam",
     "at_layer",
+    "attention_rollout",
     "cam",
+    "chefer",
     "compiled",
     "eigen_cam",
     "eigen_grad_cam",
