@@ -38,7 +38,7 @@ class NoAttentionError(LookupError, ValueError):
     """The model ran without any attention call that fxai catches (not a transformer, or another spelling)."""
 
 
-def _bias(mask, shape, dtype, device, *, keep_when_true: bool):
+def _bias(mask, dtype, device, *, keep_when_true: bool):
     """An additive float mask from a boolean (``keep_when_true``: True = attend) or additive mask."""
     if mask is None:
         return None
@@ -81,10 +81,10 @@ def _sdpa_operands(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=F
         rep = query.shape[-3] // key.shape[-3]
         key, value = key.repeat_interleave(rep, -3), value.repeat_interleave(rep, -3)
     length, source = query.shape[-2], key.shape[-2]
-    bias = _bias(attn_mask, None, query.dtype, query.device, keep_when_true=True)
+    bias = _bias(attn_mask, query.dtype, query.device, keep_when_true=True)
     if is_causal:
         causal = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
-        bias = _combine(bias, _bias(causal, None, query.dtype, query.device, keep_when_true=True))
+        bias = _combine(bias, _bias(causal, query.dtype, query.device, keep_when_true=True))
     return query, key, value, bias, (1 / math.sqrt(query.shape[-1]) if scale is None else scale)
 
 
@@ -127,13 +127,14 @@ def _mha(attend, linear, query, key, value, embed_dim_to_check, num_heads, in_pr
     elif is_causal:
         attn_mask = torch.ones(length, source, dtype=torch.bool, device=device).tril().logical_not()
     padding = None if key_padding_mask is None else key_padding_mask.reshape(batch, 1, 1, source)
-    bias = _combine(_bias(attn_mask, None, dtype, device, keep_when_true=False),
-                    _bias(padding, None, dtype, device, keep_when_true=False))
-    out, probs = attend(heads_first(q, length), heads_first(k, source), heads_first(v, source), bias,
-                        1 / math.sqrt(head_dim))
+    bias = _combine(_bias(attn_mask, dtype, device, keep_when_true=False),
+                    _bias(padding, dtype, device, keep_when_true=False))
+    q, k, v = heads_first(q, length), heads_first(k, source), heads_first(v, source)
+    out, probs = attend(q, k, v, bias, 1 / math.sqrt(head_dim))
     out = linear(out.permute(2, 0, 1, 3).reshape(length, batch, dim), out_proj_weight, out_proj_bias)
     weights = None
     if need_weights:
+        probs = probabilities(q, k, bias, 1 / math.sqrt(head_dim)).detach() if probs is None else probs
         weights = probs.mean(1) if average_attn_weights else probs
         weights = weights.squeeze(0) if unbatched else weights
     return (out.squeeze(1) if unbatched else out), weights
@@ -149,7 +150,7 @@ def is_attention_softmax(args, kwargs) -> bool:
 
 def decompose(func, args, kwargs, *, attend, linear=F.linear):
     """The result of an attention call ``func(*args, **kwargs)`` with its attention computed by
-    ``attend(q, k, v, bias, scale) -> (out, probs)`` and its projections by ``linear``; ``NotImplemented`` when
+    ``attend(q, k, v, bias, scale) -> (out, probs or None)`` and its projections by ``linear``; ``NotImplemented`` when
     ``func`` is not a fused attention spelling (:data:`SDPA`, :data:`MHA`)."""
     if func in SDPA:
         out, _ = attend(*_sdpa_operands(*args, **kwargs))

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .lrp import Gradient, Norm, Pass, stabilize
+from .attention import MHA, SDPA, SOFTMAX, decompose, explicit, is_attention_softmax, probabilities
+from .lrp import AttentionCP, AttentionUniform, ConstantScale, Gradient, Norm, Pass, stabilize
 
 
 class _LayerRule(torch.autograd.Function):
@@ -77,7 +78,8 @@ class _NormRule(torch.autograd.Function):
 
 
 class _AddRule(torch.autograd.Function):
-    """``a + b``: relevance split in proportion to each summand (a residual connection's branches)."""
+    """``a + b``: relevance split in proportion to each summand (a residual connection's branches, a position
+    embedding broadcast over the batch)."""
 
     generate_vmap_rule = True
 
@@ -94,7 +96,60 @@ class _AddRule(torch.autograd.Function):
     def backward(ctx, relevance):
         a, b = ctx.saved_tensors
         s = relevance / stabilize(a + b, ctx.eps)
-        return a * s, b * s, None, None, None
+        return (a * s).sum_to_size(a.shape), (b * s).sum_to_size(b.shape), None, None, None
+
+
+class _AttentionRule(torch.autograd.Function):
+    r"""``softmax(q kᵀ s + m) v`` carrying AttnLRP's relevance: with :math:`g = R / o`, :math:`R_v = \tfrac12 v
+    \odot A^\top g`, :math:`R_A = \tfrac12 A \odot g v^\top` (uniform rule), :math:`R_S = S \odot (R_A - A
+    \sum_j R_A)` (softmax rule), :math:`R_q, R_k` half each of :math:`R_S` (uniform rule); CP-LRP: :math:`R_v =
+    v \odot A^\top g`, nothing to ``q, k``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q, k, v, q_true, k_true, v_true, bias, scale, cp, eps):
+        return explicit(q, k, v, bias, scale)[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, _, _, q, k, v, ctx.bias, ctx.scale, ctx.cp, ctx.eps = inputs
+        ctx.save_for_backward(q, k, v)
+
+    @staticmethod
+    def backward(ctx, relevance):
+        q, k, v = ctx.saved_tensors
+        probs = probabilities(q, k, ctx.bias, ctx.scale)
+        g = relevance / stabilize(probs @ v, ctx.eps)
+        gv = probs.transpose(-1, -2) @ g
+        if ctx.cp:
+            return None, None, v * gv, None, None, None, None, None, None, None
+        ga = 0.5 * (g @ v.transpose(-1, -2))
+        gs = (0.5 * ctx.scale) * probs * (ga - (probs * ga).sum(-1, keepdim=True))
+        return (q * (gs @ k), k * (gs.transpose(-1, -2) @ q), 0.5 * v * gv,
+                None, None, None, None, None, None, None)
+
+
+class _FrozenRule(torch.autograd.Function):
+    """``fn(x)`` for a normalisation: relevance by LRP-ε of the linear map ``frozen(x)`` (its scale held at the
+    value it has at ``x``)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, x_true, fn, frozen, eps):
+        return fn(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, x, _, ctx.frozen, ctx.eps = inputs
+        ctx.save_for_backward(x)
+
+    @staticmethod
+    def backward(ctx, relevance):
+        (x,) = ctx.saved_tensors
+        z, pull = torch.func.vjp(ctx.frozen(x), x.view_as(x))
+        return x * pull(relevance / stabilize(z, ctx.eps))[0], None, None, None, None
 
 
 class _PassRule(torch.autograd.Function):
@@ -129,6 +184,9 @@ class _PassRuleInPlace(torch.autograd.Function):
         return relevance, None
 
 
+_NORMS = (F.layer_norm, F.rms_norm)
+_SCALE = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.div, torch.Tensor.div,
+          torch.Tensor.__truediv__}
 _LINEAR = {F.linear: "linear", F.conv1d: "conv", F.conv2d: "conv", F.conv3d: "conv"}
 _POOL = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
          F.adaptive_avg_pool3d, torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.sum}
@@ -169,6 +227,52 @@ def _without_inplace(func, args, kwargs):
             kwargs = {**kwargs, "inplace": False}
     x, rest = args[0], args[1:]
     return x, (lambda t: func(t, *rest, **kwargs)), inplace
+
+
+def _norm_parts(func, args, kwargs):
+    """``(x, frozen)`` of a ``F.layer_norm``/``F.rms_norm`` call: ``frozen(x0)`` is the norm as a linear map of its
+    input with the normalising scale computed at ``x0`` and held constant."""
+    names = ("input", "normalized_shape", "weight", "bias", "eps") if func is F.layer_norm else \
+        ("input", "normalized_shape", "weight", "eps")
+    a = {**dict(zip(names, args)), **kwargs}
+    x, dims = a["input"], tuple(range(-len(a["normalized_shape"]), 0))
+    weight, bias, eps = a.get("weight"), a.get("bias"), a.get("eps")
+
+    def frozen(x0):
+        if func is F.layer_norm:
+            scale = (x0.var(dims, unbiased=False, keepdim=True) + (1e-5 if eps is None else eps)).sqrt()
+        else:
+            e = torch.finfo(x0.dtype).eps if eps is None else eps
+            scale = (x0.square().mean(dims, keepdim=True) + e).sqrt()
+
+        def linear(t):
+            t = (t - t.mean(dims, keepdim=True) if func is F.layer_norm else t) / scale
+            t = t if weight is None else t * weight
+            return t if bias is None else t + bias
+        return linear
+
+    return x, frozen
+
+
+def _scalar_operand(func, args, kwargs):
+    """The tensor of a product or quotient of a floating tensor and a Python number (else ``None``)."""
+    if kwargs or len(args) != 2:
+        return None
+    a, b = args
+    if isinstance(a, torch.Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return a if a.is_floating_point() else None
+    if func in (torch.mul, torch.Tensor.__rmul__) and isinstance(b, torch.Tensor) and isinstance(a, (int, float)):
+        return b if b.is_floating_point() else None
+    return None
+
+
+def _broadcast(a, b, *, inplace: bool) -> bool:
+    """Whether ``a + b`` broadcasts (into ``a``'s shape when in place)."""
+    try:
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        return False
+    return shape == a.shape if inplace else True
 
 
 def _folded_away(args, kwargs) -> bool:
@@ -226,6 +330,21 @@ class RelevanceMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
+        if func in SDPA or func in MHA:
+            return self._attention(func, args, kwargs)
+        if func in SOFTMAX and is_attention_softmax(args, kwargs) and \
+                not isinstance(self.composite.kind_rule("attention"), Gradient):
+            raise ValueError("lrp: the model computes attention by matmul and softmax (an unfused 'eager' path), "
+                             "whose products the attention rules do not see; use its fused path: timm "
+                             "Attention.fused_attn = True, HuggingFace attn_implementation='sdpa'")
+        if func in _NORMS and isinstance(self.composite.kind_rule("norm"), ConstantScale):
+            x, frozen = _norm_parts(func, args, kwargs)
+            fn = lambda t: func(t, *args[1:], **kwargs)  # noqa: E731
+            return self._apply(_FrozenRule, (x,), fn, fn, frozen, self.composite.kind_rule("norm").stabilizer)
+        if func in _SCALE and isinstance(self.composite.kind_rule("scale"), Pass):
+            x = _scalar_operand(func, args, kwargs)
+            if x is not None:
+                return self._pass(x, lambda t: func(*(t if a is x else a for a in args)))
         if func in _LINEAR:
             x, w, b, op = _linear_parts(func, args, kwargs)
             rule = self.composite.layer_rule(self.names.get(id(w)), _LINEAR[func], self.first)
@@ -259,6 +378,23 @@ class RelevanceMode(TorchFunctionMode):
             return self._pass(args[0], lambda t: func(t, *rest, **kwargs))
         return func(*args, **kwargs)
 
+    def _attention(self, func, args, kwargs):
+        """An attention call: decomposed, its projections through this mode, the attention by its rule."""
+        rule = self.composite.kind_rule("attention")
+        if isinstance(rule, Gradient) and func in SDPA:
+            return func(*args, **kwargs)
+
+        def attend(q, k, v, bias, scale):
+            if isinstance(rule, Gradient):
+                return explicit(q, k, v, bias, scale)
+            compute = lambda q, k, v: explicit(q, k, v, bias, scale)[0]  # noqa: E731
+            out = self._apply(_AttentionRule, (q, k, v), compute, bias, scale, isinstance(rule, AttentionCP),
+                              rule.stabilizer)
+            return out, None
+
+        return decompose(func, args, kwargs, attend=attend,
+                         linear=lambda x, w, b: self.__torch_function__(F.linear, (), (x, w, b), {}))
+
     def _pass(self, x, fn):
         return fn(x) if self.record is not None else _PassRule.apply(x, fn)
 
@@ -272,8 +408,8 @@ class RelevanceMode(TorchFunctionMode):
         rule = self.composite.kind_rule("add")
         a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
         plain = (len(args) <= 2 and set(kwargs) <= {"other"} and isinstance(a, torch.Tensor)
-                 and isinstance(b, torch.Tensor) and a.shape == b.shape and a.is_floating_point()
-                 and b.is_floating_point())
+                 and isinstance(b, torch.Tensor) and a.is_floating_point() and b.is_floating_point()
+                 and _broadcast(a, b, inplace=func in _ADD_INPLACE))
         if not plain or not isinstance(rule, Norm):
             return func(*args, **kwargs)
         if func in _ADD_INPLACE:
