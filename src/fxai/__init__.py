@@ -24,6 +24,7 @@ from .attribution.integrated import integrated_gradients as integrated_gradients
 from .attribution.integrated import path_rule as path_rule
 from .attribution.lrp import lrp as lrp
 from .attribution.transformers import attention_rollout as attention_rollout
+from .attribution.transformers import attnlrp as attnlrp
 from .attribution.transformers import chefer as chefer
 from .attribution.layer_space import at_layer as at_layer
 from .attribution.layer_space import layer_conductance as layer_conductance
@@ -70,6 +71,7 @@ __all__ = [
     "ablation_cam",
     "at_layer",
     "attention_rollout",
+    "attnlrp",
     "cam",
     "chefer",
     "compiled",

@@ -113,6 +113,7 @@ _ALL = [
     MethodInfo("ablation_cam", masked_cams.ablation_cam, kind="cam", family="cam"),
     MethodInfo("attention_rollout", transformers.attention_rollout, kind="cam", family="transformer"),
     MethodInfo("chefer", transformers.chefer, kind="cam", family="transformer"),
+    MethodInfo("attnlrp", transformers.attnlrp, family="transformer"),
     MethodInfo("rise", masks.rise, kind="cam", family="mask", cost={"num_masks": 2000},
                quick={"num_masks": 8, "cell_size": 4}),
     MethodInfo("occlusion", masks.occlusion, family="mask", sized=_occlusion_window,

@@ -21,7 +21,9 @@ from .._core.docs import documented
 from .._core.grids import to_grid
 from .._core.targets import as_target, check_logits
 from ..rules.attention import AttentionMode, no_attention
+from ..rules.lrp import attnlrp as attnlrp_composite
 from .cam_driver import MODES, resize
+from .lrp import lrp
 
 FUSIONS = ("mean", "max", "min")
 TOKENS = ("auto", "class", "mean")
@@ -248,3 +250,38 @@ def chefer(model_fn, params, x: torch.Tensor, target=None, *, start_layer: int =
         rel = chefer_relevance(probs, grads, start_layer=start_layer)
         maps.append(resize(read_tokens(rel, size, token), size, upsample))
     return torch.cat(maps) if len(maps) > 1 else maps[0]
+
+
+@documented(variant="``\"uniform\"`` (AttnLRP: uniform and softmax rules inside attention) or ``\"cp\"`` (CP-LRP: "
+                    "relevance through the values only, LXT's default for torchvision's ViT).",
+            gamma="``None`` (LRP-0 on every linear layer, as LXT), a number (γ-rule on every linear layer) or a "
+                  "mapping ``{layer name: γ}`` (e.g. the MLPs of the later blocks, as LXT recommends for ViTs).",
+            return_scores="also return the target scores :math:`f_c(x)` the relevance started from.")
+def attnlrp(model_fn, params, x: torch.Tensor, target=None, *, variant: str = "uniform", gamma=None,
+            chunk_size: int | None = None, return_scores: bool = False):
+    r"""AttnLRP: LRP with rules for the operations transformers add, on any ViT as it is.
+
+    :func:`fxai.lrp` with the composite :func:`fxai.lrp_rules.attnlrp`: inside attention
+    :math:`o = A v`, :math:`A = \mathrm{softmax}(S)`, :math:`S = q k^\top s`, the uniform rule gives half of
+    each product's relevance to each operand, and the softmax rule :math:`R_S = S \odot (R_A - A \sum_j R_{A,j})`
+    (``variant="cp"``: :math:`A` held constant, all relevance to :math:`v`); LayerNorm with its scale held
+    constant; GELU/SiLU by the identity rule; linear layers by LRP-0 (or γ). Relevance is conserved up to what
+    biases and the softmax absorb (``map.sum()`` against ``return_scores``).
+
+    Achtibat et al., "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for Transformers", ICML 2024;
+    Ali et al., "XAI for Transformers: Better Explanations through Conservative Propagation", ICML 2022.
+    Attention must be fused (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``); an unfused
+    softmax path is refused. On a model without attention this is LRP-0.
+
+    {args}
+
+    Returns:
+        Relevance shaped like ``x`` (``[B, K, ...]`` for K targets), and the scores when ``return_scores``.
+
+    Example:
+        >>> r, s = fxai.attnlrp(vit_fn, vit_params, x, target=3, return_scores=True)
+        >>> r.shape, s.shape
+        (torch.Size([2, 3, 32, 32]), torch.Size([2]))
+    """
+    composite = attnlrp_composite(variant=variant, gamma=gamma)
+    return lrp(model_fn, params, x, target, composite=composite, chunk_size=chunk_size, return_scores=return_scores)
