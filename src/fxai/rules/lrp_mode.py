@@ -35,25 +35,33 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from .attention import MHA, SDPA, SOFTMAX, decompose, explicit, is_attention_softmax, probabilities
-from .lrp import AttentionCP, AttentionUniform, ConstantScale, Gradient, Norm, Pass, stabilize
+from .lrp import AttentionCP, AttentionUniform, ConstantScale, Epsilon, Gradient, Norm, Pass, stabilize
 
 
 class _LayerRule(torch.autograd.Function):
+    """A linear or convolutional op; ``reuse``: LRP-ε on ``F.linear`` at first order, whose backward reads the
+    forward's output rather than computing it again (:math:`R_i = x_i [W^\top (R / \mathrm{stab}(z))]_i`)."""
+
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, x_true, w, b, op, rule):
+    def forward(x, x_true, w, b, op, rule, reuse):
         return op(x, w, b)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, x, w, b, ctx.op, ctx.rule = inputs
+        _, x, w, b, ctx.op, ctx.rule, reuse = inputs
         ctx.save_for_backward(x, w, b)
+        # a detached alias (no reference cycle through the graph) whose version tells if it was overwritten since
+        ctx.z = output.detach() if reuse else None
+        ctx.version = None if ctx.z is None else ctx.z._version
 
     @staticmethod
     def backward(ctx, relevance):
         x, w, b = ctx.saved_tensors
-        return ctx.rule.backward(ctx.op, x, w, b, relevance), None, None, None, None, None
+        if ctx.z is not None and ctx.z._version == ctx.version:
+            return (relevance / stabilize(ctx.z, ctx.rule.epsilon)) @ w * x, None, None, None, None, None, None
+        return ctx.rule.backward(ctx.op, x, w, b, relevance), None, None, None, None, None, None
 
 
 class _NormRule(torch.autograd.Function):
@@ -108,26 +116,33 @@ class _AttentionRule(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(q, k, v, q_true, k_true, v_true, bias, scale, cp, eps):
-        return explicit(q, k, v, bias, scale)[0]
+    def forward(q, k, v, q_true, k_true, v_true, bias, scale, cp, eps, probs):
+        return explicit(q, k, v, bias, scale)[0] if probs is None else probs @ v
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, _, q, k, v, ctx.bias, ctx.scale, ctx.cp, ctx.eps = inputs
+        _, _, _, q, k, v, ctx.bias, ctx.scale, ctx.cp, ctx.eps, probs = inputs
         ctx.save_for_backward(q, k, v)
+        # first order: the forward's probabilities (computed without a graph) and a detached alias of its output
+        ctx.probs, ctx.z = probs, (None if probs is None else output.detach())
+        ctx.version = None if ctx.z is None else ctx.z._version
 
     @staticmethod
     def backward(ctx, relevance):
         q, k, v = ctx.saved_tensors
-        probs = probabilities(q, k, ctx.bias, ctx.scale)
-        g = relevance / stabilize(probs @ v, ctx.eps)
+        if ctx.probs is not None and ctx.z._version == ctx.version:
+            probs, z = ctx.probs, ctx.z
+        else:
+            probs = probabilities(q, k, ctx.bias, ctx.scale)
+            z = probs @ v
+        g = relevance / stabilize(z, ctx.eps)
         gv = probs.transpose(-1, -2) @ g
+        none = (None,) * 8
         if ctx.cp:
-            return None, None, v * gv, None, None, None, None, None, None, None
+            return None, None, v * gv, *none
         ga = 0.5 * (g @ v.transpose(-1, -2))
         gs = (0.5 * ctx.scale) * probs * (ga - (probs * ga).sum(-1, keepdim=True))
-        return (q * (gs @ k), k * (gs.transpose(-1, -2) @ q), 0.5 * v * gv,
-                None, None, None, None, None, None, None)
+        return q * (gs @ k), k * (gs.transpose(-1, -2) @ q), 0.5 * v * gv, *none
 
 
 class _FrozenRule(torch.autograd.Function):
@@ -351,7 +366,9 @@ class RelevanceMode(TorchFunctionMode):
             self.first = False
             if isinstance(rule, Gradient):
                 return op(x, w, b)
-            return self._apply(_LayerRule, (x,), lambda x: op(x, w, b), w, b, op, rule)
+            reuse = (func is F.linear and type(rule) is Epsilon and self.truth is None
+                     and torch._C._functorch.peek_interpreter_stack() is None)
+            return self._apply(_LayerRule, (x,), lambda x: op(x, w, b), w, b, op, rule, reuse)
         if func in _POOL:
             rule = self.composite.kind_rule("pool")
             if isinstance(rule, Norm) and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
@@ -388,8 +405,12 @@ class RelevanceMode(TorchFunctionMode):
             if isinstance(rule, Gradient):
                 return explicit(q, k, v, bias, scale)
             compute = lambda q, k, v: explicit(q, k, v, bias, scale)[0]  # noqa: E731
+            probs = None
+            if self.truth is None and self.record is None and torch._C._functorch.peek_interpreter_stack() is None:
+                with torch.no_grad():
+                    probs = probabilities(q, k, bias, scale)
             out = self._apply(_AttentionRule, (q, k, v), compute, bias, scale, isinstance(rule, AttentionCP),
-                              rule.stabilizer)
+                              rule.stabilizer, probs)
             return out, None
 
         return decompose(func, args, kwargs, attend=attend,
