@@ -39,7 +39,7 @@ from .lrp import AttentionCP, AttentionUniform, ConstantScale, Epsilon, Gradient
 
 
 class _LayerRule(torch.autograd.Function):
-    """A linear or convolutional op; ``reuse``: LRP-ε on ``F.linear`` at first order, whose backward reads the
+    r"""A linear or convolutional op; ``reuse``: LRP-ε on ``F.linear`` at first order, whose backward reads the
     forward's output rather than computing it again (:math:`R_i = x_i [W^\top (R / \mathrm{stab}(z))]_i`)."""
 
     generate_vmap_rule = True
