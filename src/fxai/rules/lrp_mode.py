@@ -26,6 +26,11 @@ LRP passes pooling, means, sums and activations through as opaque calls and
 needs only the input, so the engine would add binders for some thirty
 spellings that exist only to be undone. Dispatch costs the same either way
 (``benchmarks/bench_interception.py``).
+
+Transformers (AttnLRP): attention calls are decomposed by :func:`fxai.rules.attention.decompose`, their
+projections sent back through this mode and the attention product given its rule
+(:mod:`fxai.rules.lrp_transformers`); LayerNorm/RMSNorm, products with a number and broadcast additions
+get theirs when the composite asks (kinds ``"attention"``, ``"norm"``, ``"scale"``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 
 from .attention import MHA, SDPA, SOFTMAX, decompose, explicit, is_attention_softmax, probabilities
 from .lrp import AttentionCP, AttentionUniform, ConstantScale, Epsilon, Gradient, Norm, Pass, stabilize
+from .lrp_transformers import AttentionRelevance, FrozenScale, norm_parts
 
 
 class _LayerRule(torch.autograd.Function):
@@ -105,66 +111,6 @@ class _AddRule(torch.autograd.Function):
         a, b = ctx.saved_tensors
         s = relevance / stabilize(a + b, ctx.eps)
         return (a * s).sum_to_size(a.shape), (b * s).sum_to_size(b.shape), None, None, None
-
-
-class _AttentionRule(torch.autograd.Function):
-    r"""``softmax(q kᵀ s + m) v`` carrying AttnLRP's relevance: with :math:`g = R / o`, :math:`R_v = \tfrac12 v
-    \odot A^\top g`, :math:`R_A = \tfrac12 A \odot g v^\top` (uniform rule), :math:`R_S = S \odot (R_A - A
-    \sum_j R_A)` (softmax rule), :math:`R_q, R_k` half each of :math:`R_S` (uniform rule); CP-LRP: :math:`R_v =
-    v \odot A^\top g`, nothing to ``q, k``."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(q, k, v, q_true, k_true, v_true, bias, scale, cp, eps, probs):
-        return explicit(q, k, v, bias, scale)[0] if probs is None else probs @ v
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, _, _, q, k, v, ctx.bias, ctx.scale, ctx.cp, ctx.eps, probs = inputs
-        ctx.save_for_backward(q, k, v)
-        # first order: the forward's probabilities (computed without a graph) and a detached alias of its output
-        ctx.probs, ctx.z = probs, (None if probs is None else output.detach())
-        ctx.version = None if ctx.z is None else ctx.z._version
-
-    @staticmethod
-    def backward(ctx, relevance):
-        q, k, v = ctx.saved_tensors
-        if ctx.probs is not None and ctx.z._version == ctx.version:
-            probs, z = ctx.probs, ctx.z
-        else:
-            probs = probabilities(q, k, ctx.bias, ctx.scale)
-            z = probs @ v
-        g = relevance / stabilize(z, ctx.eps)
-        gv = probs.transpose(-1, -2) @ g
-        none = (None,) * 8
-        if ctx.cp:
-            return None, None, v * gv, *none
-        ga = 0.5 * (g @ v.transpose(-1, -2))
-        gs = (0.5 * ctx.scale) * probs * (ga - (probs * ga).sum(-1, keepdim=True))
-        return q * (gs @ k), k * (gs.transpose(-1, -2) @ q), 0.5 * v * gv, *none
-
-
-class _FrozenRule(torch.autograd.Function):
-    """``fn(x)`` for a normalisation: relevance by LRP-ε of the linear map ``frozen(x)`` (its scale held at the
-    value it has at ``x``)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, x_true, fn, frozen, eps):
-        return fn(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, x, _, ctx.frozen, ctx.eps = inputs
-        ctx.save_for_backward(x)
-
-    @staticmethod
-    def backward(ctx, relevance):
-        (x,) = ctx.saved_tensors
-        z, pull = torch.func.vjp(ctx.frozen(x), x.view_as(x))
-        return x * pull(relevance / stabilize(z, ctx.eps))[0], None, None, None, None
 
 
 class _PassRule(torch.autograd.Function):
@@ -242,31 +188,6 @@ def _without_inplace(func, args, kwargs):
             kwargs = {**kwargs, "inplace": False}
     x, rest = args[0], args[1:]
     return x, (lambda t: func(t, *rest, **kwargs)), inplace
-
-
-def _norm_parts(func, args, kwargs):
-    """``(x, frozen)`` of a ``F.layer_norm``/``F.rms_norm`` call: ``frozen(x0)`` is the norm as a linear map of its
-    input with the normalising scale computed at ``x0`` and held constant."""
-    names = ("input", "normalized_shape", "weight", "bias", "eps") if func is F.layer_norm else \
-        ("input", "normalized_shape", "weight", "eps")
-    a = {**dict(zip(names, args)), **kwargs}
-    x, dims = a["input"], tuple(range(-len(a["normalized_shape"]), 0))
-    weight, bias, eps = a.get("weight"), a.get("bias"), a.get("eps")
-
-    def frozen(x0):
-        if func is F.layer_norm:
-            scale = (x0.var(dims, unbiased=False, keepdim=True) + (1e-5 if eps is None else eps)).sqrt()
-        else:
-            e = torch.finfo(x0.dtype).eps if eps is None else eps
-            scale = (x0.square().mean(dims, keepdim=True) + e).sqrt()
-
-        def linear(t):
-            t = (t - t.mean(dims, keepdim=True) if func is F.layer_norm else t) / scale
-            t = t if weight is None else t * weight
-            return t if bias is None else t + bias
-        return linear
-
-    return x, frozen
 
 
 def _scalar_operand(func, args, kwargs):
@@ -353,9 +274,9 @@ class RelevanceMode(TorchFunctionMode):
                              "whose products the attention rules do not see; use its fused path: timm "
                              "Attention.fused_attn = True, HuggingFace attn_implementation='sdpa'")
         if func in _NORMS and isinstance(self.composite.kind_rule("norm"), ConstantScale):
-            x, frozen = _norm_parts(func, args, kwargs)
+            x, frozen = norm_parts(func, args, kwargs)
             fn = lambda t: func(t, *args[1:], **kwargs)  # noqa: E731
-            return self._apply(_FrozenRule, (x,), fn, fn, frozen, self.composite.kind_rule("norm").stabilizer)
+            return self._apply(FrozenScale, (x,), fn, fn, frozen, self.composite.kind_rule("norm").stabilizer)
         if func in _SCALE and isinstance(self.composite.kind_rule("scale"), Pass):
             x = _scalar_operand(func, args, kwargs)
             if x is not None:
@@ -409,7 +330,7 @@ class RelevanceMode(TorchFunctionMode):
             if self.truth is None and self.record is None and torch._C._functorch.peek_interpreter_stack() is None:
                 with torch.no_grad():
                     probs = probabilities(q, k, bias, scale)
-            out = self._apply(_AttentionRule, (q, k, v), compute, bias, scale, isinstance(rule, AttentionCP),
+            out = self._apply(AttentionRelevance, (q, k, v), compute, bias, scale, isinstance(rule, AttentionCP),
                               rule.stabilizer, probs)
             return out, None
 
