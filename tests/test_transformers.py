@@ -288,3 +288,20 @@ def test_train_mode_dropout_is_refused():
     model_fn, params = fxai.functional(model.train(), allow_training=True)
     with pytest.raises(ValueError, match="training mode"):
         fxai.attention_rollout(model_fn, params, torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.slow
+def test_cli_explains_a_timm_vit(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    Image.fromarray((np.random.RandomState(0).rand(64, 80, 3) * 255).astype("uint8")).save(tmp_path / "img.png")
+    proc = subprocess.run([sys.executable, "-m", "fxai.app.cli", "explain", "--model", "timm:vit_small_patch16_224",
+                           "--method", "attention_rollout,attnlrp", "--out", "out", "img.png"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                            "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert torch.load(tmp_path / "out" / "img_attention_rollout.pt").shape[-2:] == (224, 224)
+    assert torch.load(tmp_path / "out" / "img_attnlrp.pt").shape[-3:] == (3, 224, 224)
