@@ -27,9 +27,10 @@ from ..attribution.factorization import deep_feature_factorization
 from .demo_scores import BLUR, FAITHFULNESS, LOCALISATION, markdown, no_better_than_chance, print_table
 from .._core.batching import reporting
 from .._core.files import DiskFullError, remove_leftovers, write_atomic, write_text
+from .._core.discovery import resolve_layers
 from .._core.functional import functional
 from ..data.synthetic import CLASS_NAMES, shapes
-from ..models import SmallCNN
+from ..models import SmallCNN, small_vit
 
 TEST_START = 1 << 30  # held-out samples: indices the training stream never reaches
 
@@ -52,6 +53,7 @@ class DemoConfig:
     road_fractions: tuple = (0.2, 0.4, 0.6, 0.8)
     method_scale: int = 4  # divides the costly methods' registry ``cost`` (their samples/steps at a full budget)
     save_every: int = 50
+    arch: str = "cnn"      # "cnn" (SmallCNN) or "vit" (fxai.models.small_vit)
 
 
 FULL = DemoConfig()
@@ -63,7 +65,7 @@ QUICK = DemoConfig(size=16, width=8, steps=12, batch=32, test_count=64, explain_
 
 def _checkpoint_key(config: DemoConfig, seed: int) -> dict:
     return {"seed": seed, **{k: v for k, v in dataclasses.asdict(config).items()
-                             if k in ("size", "classes", "width", "steps", "batch", "lr")}}
+                             if k in ("size", "classes", "width", "steps", "batch", "lr", "arch")}}
 
 
 def train(config: DemoConfig, *, seed: int, device: torch.device, checkpoint: str | None = None,
@@ -78,7 +80,10 @@ def train(config: DemoConfig, *, seed: int, device: torch.device, checkpoint: st
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
-    model = SmallCNN(config.classes, width=config.width).to(device)
+    vit_width = 2 * config.width
+    model = (small_vit(config.classes, size=config.size, width=vit_width, heads=3 if vit_width % 3 == 0 else 2)
+             if config.arch == "vit" else
+             SmallCNN(config.classes, width=config.width)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps)
     key, step = _checkpoint_key(config, seed), 0
@@ -191,10 +196,10 @@ def _score(model_fn, params, x, target, heat, masks, config, seed) -> tuple[dict
     return scores, curves
 
 
-def _concepts(model_fn, params, x, masks, seed: int, out: str, count: int = 3) -> dict:
+def _concepts(model_fn, params, x, masks, seed: int, out: str, layer: str = "features", count: int = 3) -> dict:
     """Deep Feature Factorization of the explained batch at ``features``: ``concepts.png``, and per concept its top
     classes and its relevance mass against the objects' masks (which concept is the object, which the background)."""
-    result = deep_feature_factorization(model_fn, params, x, layer="features", concepts=count, head="auto", key=seed)
+    result = deep_feature_factorization(model_fn, params, x, layer=layer, concepts=count, head="auto", key=seed)
     labels = list(CLASS_NAMES[:result.class_scores.shape[1]])
     names = viz.concept_labels(result.class_scores, labels=labels)
     viz.save(viz.factorization(x[:6].cpu(), result._replace(maps=result.maps[:6]), labels=labels),
@@ -215,18 +220,22 @@ def _concepts_markdown(concepts: dict) -> str:
 
 
 def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", quick: bool = False,
-        progress: bool = True, log: Callable[[str], None] = print) -> dict:
+        arch: str = "cnn", progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run the demo and write its report folder ``out``; returns the results (as in ``results.json``).
 
     The model is saved as ``model.pt`` (``model-quick.pt`` for ``quick=True``, whose 12-step model is
-    untrained), and every report file is written whole or not at all.
+    untrained), and every report file is written whole or not at all. ``arch="vit"`` trains and explains a small
+    vision transformer (:func:`fxai.models.small_vit`) instead of :class:`SmallCNN`; its layer methods and
+    concepts read the first norm of its last block.
 
     Example:
         >>> results = fxai.demo.run("demo-out", quick=True)
     """
     from tqdm.auto import tqdm
 
-    config = QUICK if quick else FULL
+    if arch not in ("cnn", "vit"):
+        raise ValueError(f"arch must be 'cnn' or 'vit', got {arch!r}")
+    config = dataclasses.replace(QUICK if quick else FULL, arch=arch)
     dev = loading.resolve_device(device)
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
@@ -245,7 +254,8 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
     references = shapes(32, start=config.steps * config.batch, **opts).images
     x, target, masks = batch.images, batch.labels, batch.masks
     size = tuple(x.shape[-2:])
-    maps = explain_all(model_fn, params, x, target, layer="features", seed=seed, references=references,
+    layer = "features" if arch == "cnn" else resolve_layers(model_fn, None, params=params, x=x)[0]
+    maps = explain_all(model_fn, params, x, target, layer=layer, seed=seed, references=references,
                        scale=config.method_scale, progress=progress)
 
     rows, all_curves, heats, origins = {}, {}, {}, {}
@@ -289,7 +299,7 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
                                         f"mean of {x.shape[0]} images)" for c in all_curves],
                      xlabel="fraction of pixels", ylabel="probability of the true class", reference="random map")
     viz.save(fig, os.path.join(out, "curves.png"))
-    concepts = _concepts(model_fn, params, x, masks, seed, out)
+    concepts = _concepts(model_fn, params, x, masks, seed, out, layer)
 
     results = {
         "config": {**dataclasses.asdict(config), "seed": seed, "device": str(dev), "quick": quick},
