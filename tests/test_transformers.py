@@ -305,3 +305,17 @@ def test_cli_explains_a_timm_vit(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert torch.load(tmp_path / "out" / "img_attention_rollout.pt").shape[-2:] == (224, 224)
     assert torch.load(tmp_path / "out" / "img_attnlrp.pt").shape[-3:] == (3, 224, 224)
+
+
+@pytest.mark.slow
+def test_demo_quick_on_a_vit(tmp_path):
+    import json
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "fxai.app.cli", "demo", "--quick", "--arch", "vit", "--out", "r",
+                           "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "r" / "results.json").read_text())["methods"]
+    for name in ("attention_rollout", "chefer", "attnlrp", "grad_cam", "integrated_gradients"):
+        assert "scores" in rows[name], (name, rows[name])
