@@ -192,3 +192,36 @@ def test_bad_options_are_refused():
         fxai.attnlrp(model_fn, params, x, gamma={"block9": 0.25})
     with pytest.raises(TypeError, match=r"composite\['attention'\] must be AttentionUniform\(\) or AttentionCP"):
         fxai.lrp(model_fn, params, x, composite={"attention": rules.Pass()})
+
+
+class _NormNet(nn.Module):
+    def __init__(self, norm):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.norm, self.fc2 = nn.Linear(12, 8), norm, nn.Linear(8, 3)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.norm(self.fc1(x.flatten(1)))))
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_norms_with_their_scale_constant_equal_lxt(kind):
+    lxt = _lxt()
+    model = _NormNet(nn.LayerNorm(8) if kind == "layer_norm" else nn.RMSNorm(8, eps=1e-6)).double().eval()
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    model_fn, params = fxai.functional(model)
+    got = fxai.attnlrp(model_fn, params, x, 0)
+    ref = copy.deepcopy(model)
+    if kind == "layer_norm":
+        ref = lxt_patched(ref, "uniform")
+    else:  # lxt.efficient.patches.rms_norm_forward
+        norm = ref.norm
+        norm.forward = lambda h: norm.weight * (h * lxt.stop_gradient(torch.rsqrt(h.pow(2).mean(-1, keepdim=True)
+                                                                                    + norm.eps)))
+    gelu = F.gelu
+    ref.forward = lambda t: ref.fc2(lxt.identity_rule_implicit(gelu, ref.norm(ref.fc1(t.flatten(1)))))
+    xs = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(ref(xs)[:, 0].sum(), xs)
+    _assert_rel(got, (xs * g).detach(), 1e-6)

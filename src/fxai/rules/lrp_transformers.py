@@ -68,30 +68,36 @@ class FrozenScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, relevance):
         (x,) = ctx.saved_tensors
-        z, pull = torch.func.vjp(ctx.frozen(x), x.view_as(x))
-        return x * pull(relevance / stabilize(z, ctx.eps))[0], None, None, None, None
+        z, transpose = ctx.frozen(x)
+        return x * transpose(relevance / stabilize(z, ctx.eps)), None, None, None, None
 
 
 def norm_parts(func, args, kwargs):
-    """``(x, frozen)`` of a ``F.layer_norm``/``F.rms_norm`` call: ``frozen(x0)`` is the norm as a linear map of its
-    input with the normalising scale computed at ``x0`` and held constant."""
+    """``(x, frozen)`` of a ``F.layer_norm``/``F.rms_norm`` call: ``frozen(x0) -> (z, transpose)`` gives the norm's
+    output at ``x0`` and the transpose of its Jacobian there, the normalising scale held constant:
+    :math:`J^\\top g = (g w - \\overline{g w}) / \\sigma` (LayerNorm), :math:`g w / \\sigma` (RMSNorm)."""
     names = ("input", "normalized_shape", "weight", "bias", "eps") if func is F.layer_norm else \
         ("input", "normalized_shape", "weight", "eps")
     a = {**dict(zip(names, args)), **kwargs}
     x, dims = a["input"], tuple(range(-len(a["normalized_shape"]), 0))
     weight, bias, eps = a.get("weight"), a.get("bias"), a.get("eps")
+    layer = func is F.layer_norm
 
     def frozen(x0):
-        if func is F.layer_norm:
-            scale = (x0.var(dims, unbiased=False, keepdim=True) + (1e-5 if eps is None else eps)).sqrt()
+        if layer:
+            centred = x0 - x0.mean(dims, keepdim=True)
+            scale = (centred.square().mean(dims, keepdim=True) + (1e-5 if eps is None else eps)).sqrt()
         else:
+            centred = x0
             e = torch.finfo(x0.dtype).eps if eps is None else eps
             scale = (x0.square().mean(dims, keepdim=True) + e).sqrt()
+        z = centred / scale
+        z = z if weight is None else z * weight
+        z = z if bias is None else z + bias
 
-        def linear(t):
-            t = (t - t.mean(dims, keepdim=True) if func is F.layer_norm else t) / scale
-            t = t if weight is None else t * weight
-            return t if bias is None else t + bias
-        return linear
+        def transpose(g):
+            g = g if weight is None else g * weight
+            return (g - g.mean(dims, keepdim=True) if layer else g) / scale
+        return z, transpose
 
     return x, frozen
