@@ -12,7 +12,7 @@ channel-summed absolute value for pixel maps):
   relevant are removed first ("negative", higher AUC is better), 10 steps from 0 to 100% (the paper records
   top-1 accuracy at 10%...90%; the probability is the per-image version of it).
 
-Run: ``python benchmarks/vit_evidence.py --out fxai-demo-vit``
+Run: ``python benchmarks/vit_evidence.py --out fxai-demo-vit`` (``--steps 1200`` for a longer training)
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ def main(argv=None):
     ap.add_argument("--count", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=demo.FULL.steps, help="training steps (the demo's by default)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="learning rate (the demo's for the ViT by default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
-    config = dataclasses.replace(demo.FULL, arch="vit")
+    config = dataclasses.replace(demo.FULL, arch="vit", steps=args.steps, lr=args.lr)
     dev = torch.device("cpu")
     model = demo.train(config, seed=args.seed, device=dev, checkpoint=os.path.join(args.out, "model.pt"),
                        progress=False)

@@ -235,7 +235,7 @@ def run(out: str = "fxai-demo", *, seed: int = 0, device: str | None = "auto", q
 
     if arch not in ("cnn", "vit"):
         raise ValueError(f"arch must be 'cnn' or 'vit', got {arch!r}")
-    config = dataclasses.replace(QUICK if quick else FULL, arch=arch)
+    config = dataclasses.replace(QUICK if quick else FULL, arch=arch, **({"lr": 1e-3} if arch == "vit" else {}))
     dev = loading.resolve_device(device)
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
