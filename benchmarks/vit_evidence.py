@@ -12,7 +12,8 @@ channel-summed absolute value for pixel maps):
   relevant are removed first ("negative", higher AUC is better), 10 steps from 0 to 100% (the paper records
   top-1 accuracy at 10%...90%; the probability is the per-image version of it).
 
-Run: ``python benchmarks/vit_evidence.py --out fxai-demo-vit`` (``--steps 1200`` for a longer training)
+Run: ``python benchmarks/vit_evidence.py --out fxai-demo-vit`` (after ``fxai demo --arch vit --out fxai-demo-vit``,
+whose model it reuses; else it trains the same model first, ~10 minutes on 2 CPU cores)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main(argv=None):
     ap.add_argument("--count", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=demo.FULL.steps, help="training steps (the demo's by default)")
+    ap.add_argument("--steps", type=int, default=demo.VIT_STEPS, help="training steps (the demo's by default)")
     ap.add_argument("--lr", type=float, default=1e-3, help="learning rate (the demo's for the ViT by default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
