@@ -106,8 +106,11 @@ def _mha(attend, linear, query, key, value, embed_dim_to_check, num_heads, in_pr
     length, batch, dim = query.shape
     source, heads = key.shape[0], num_heads
     head_dim = dim // heads
+    same = query is key and key is value
+    # contiguous inputs: F.linear on a transposed [T, B, E] runs as a batched matmul, several times slower
+    query, key, value = (query.contiguous(),) * 3 if same else (t.contiguous() for t in (query, key, value))
     if not use_separate_proj_weight:
-        if query is key and key is value:
+        if same:
             q, k, v = linear(query, in_proj_weight, in_proj_bias).chunk(3, -1)
         else:
             w = in_proj_weight.chunk(3)
