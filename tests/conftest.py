@@ -22,6 +22,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 
@@ -93,6 +94,34 @@ def make_tiny_cnn(seed: int = 0, classes: int = 5, smooth_input: bool = False) -
         probe = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(123))
         model.fc.bias.sub_(model(probe).mean(0))
     return model
+
+
+class TinyViT(torchvision.models.VisionTransformer):
+    """torchvision's ViT, small: 16×16 inputs, 4×4 patches (16 tokens and a class token), 2 layers of 2 heads,
+    5 classes; ``fc``, ``conv1`` and ``drop`` name its head, patch embedding and a final identity, as in
+    :class:`TinyCNN`."""
+
+    def __init__(self, classes: int = 5, smooth_input: bool = False):
+        super().__init__(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                         num_classes=classes)
+        self.smooth_input = smooth_input
+        self.drop = nn.Identity()
+
+    fc = property(lambda self: self.heads.head)
+    conv1 = property(lambda self: self.conv_proj)
+
+    def forward(self, x):
+        return self.drop(super().forward(torch.tanh(x) if self.smooth_input else x))
+
+
+def make_tiny_vit(seed: int = 0, classes: int = 5, smooth_input: bool = False) -> TinyViT:
+    """A seeded :class:`TinyViT` in eval mode; its head (zero in torchvision) re-initialised at random."""
+    torch.manual_seed(seed)
+    model = TinyViT(classes, smooth_input)
+    with torch.no_grad():
+        model.heads.head.weight.normal_(0, 1.0)
+        model.heads.head.bias.normal_(0, 0.1)
+    return model.eval()
 
 
 RELU_SPELLINGS = {

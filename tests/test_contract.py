@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ModuleSnapshot, active_modes, leftover_hooks, make_tiny_cnn
+from conftest import ModuleSnapshot, active_modes, leftover_hooks, make_tiny_cnn, make_tiny_vit
 
 import fxai
 from fxai import registry
@@ -20,6 +20,11 @@ B = 3
 ROWS = {**registry.METHODS,
         **{f"{t.name}(input_x_gradient)": registry.applied(t, registry.METHODS["input_x_gradient"], **t.quick)
            for t in registry.TRANSFORMS.values()}}
+
+
+def make_model(info, **kw):
+    """The tiny CNN; a tiny ViT for the methods that read a transformer's attention."""
+    return make_tiny_vit(**kw) if info.family == "transformer" else make_tiny_cnn(**kw)
 
 
 def _references(x):
@@ -52,7 +57,7 @@ _OUTPUTS64: dict = {}
 @pytest.fixture
 def setup(info, tiny_input):
     """A fresh tiny CNN, its functional form, and the method's map for TARGETS (computed once per method)."""
-    model = make_tiny_cnn()
+    model = make_model(info)
     model_fn, params = fxai.functional(model)
     if info.name not in _OUTPUTS:
         _OUTPUTS[info.name] = call(info, model_fn, params, tiny_input, TARGETS)
@@ -154,7 +159,7 @@ def test_differentiable_wrt_input(info, tiny_input):
     # The gradient of a loss of the map w.r.t. x, against central differences along random directions
     # (float64): a method that detached x would fail. The model starts with tanh(x), so that even maps that
     # are piecewise constant in x on a ReLU network (gradients) vary with it.
-    model_fn, params = fxai.functional(make_tiny_cnn(smooth_input=True).double())
+    model_fn, params = fxai.functional(make_model(info, smooth_input=True).double())
     x = tiny_input[:2].double()
     rand = torch.Generator().manual_seed(3)
     weights = None
@@ -191,16 +196,16 @@ def test_module_and_params_untouched(info, setup, tiny_input):
 class _WritesIntoItsInput(torch.nn.Module):
     """The tiny CNN behind ``x.mul_(0.5)``: a model that writes into its input."""
 
-    def __init__(self):
+    def __init__(self, net=None):
         super().__init__()
-        self.net = make_tiny_cnn()
+        self.net = make_tiny_cnn() if net is None else net
 
     def forward(self, x):
         return self.net(x.mul_(0.5))
 
 
 def test_input_untouched_by_a_model_that_writes_into_it(info, tiny_input):
-    model_fn, params = fxai.functional(_WritesIntoItsInput())
+    model_fn, params = fxai.functional(_WritesIntoItsInput(make_model(info)))
     x = tiny_input.clone()
     opts = {**options_for(info, x), **({"layer": "net.layer4"} if info.layered else {})}
     for target in (TARGETS, None):

@@ -2,7 +2,7 @@
 
 The examples share one namespace: ``fxai``, ``torch``, ``model_fn, params`` (a small CNN in eval mode with
 blocks ``layer1`` … ``layer4`` and 5 classes), ``x`` (a ``[2, 3, 32, 32]`` batch), ``masks`` (``[2, 32, 32]``
-bool), maps of ``x`` (``amap``: the gradient for the top-1 classes; ``g``: for class 3; ``ig``; ``cam``: Grad-CAM
+bool), ``vit_fn, vit_params`` (a small torchvision ViT, 8×8 patches), maps of ``x`` (``amap``: the gradient for the top-1 classes; ``g``: for class 3; ``ig``; ``cam``: Grad-CAM
 ``[2, 32, 32]``), and the module's own names. Examples that need files on disk (dataset loaders) are marked
 ``+SKIP``; their loading is tested on files the tests write.
 """
@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import fxai
@@ -22,13 +23,13 @@ from fxai import data, metrics, postprocess, registry, viz
 from fxai.app import evaluate, loading
 from fxai._core import discovery, docs, functional, layers, targets
 from fxai.rules import relu as rules
-from fxai.attribution import cam_driver, cam_variants, features, integrated, paths, xrai
+from fxai.attribution import cam_driver, cam_variants, features, integrated, paths, transformers, xrai
+from fxai.rules import attention
 from fxai.metrics import registry as metric_registry
 
 MODULES = [fxai, metrics, postprocess, viz, registry, metric_registry, data, loading, evaluate, fxai._core.grids,
            cam_driver, cam_variants, integrated, features, discovery, docs, functional, layers, rules, targets, paths,
-           xrai,
-           sys.modules["fxai.metrics.pic"]]
+           xrai, transformers, attention, sys.modules["fxai.metrics.pic"]]
 
 
 class _Block(nn.Module):
@@ -87,7 +88,11 @@ def namespace(tmp_path, monkeypatch):
     maps = {"amap": fxai.gradient(model_fn, params, x), "g": fxai.gradient(model_fn, params, x, 3),
             "ig": fxai.integrated_gradients(model_fn, params, x, 3, steps=8),
             "cam": fxai.grad_cam(model_fn, params, x, 3, layer="layer4")}
+    torch.manual_seed(0)
+    vit_fn, vit_params = fxai.functional(torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5).eval())
     return {"fxai": fxai, "torch": torch, "model_fn": model_fn, "params": params, "x": x, "masks": masks,
+            "vit_fn": vit_fn, "vit_params": vit_params,
             "registry": registry, "metrics": metrics, **maps}
 
 

@@ -26,6 +26,9 @@ from .attribution.lrp import lrp as lrp
 from .attribution.paths import blur_ig as blur_ig
 from .attribution.paths import guided_ig as guided_ig
 from .attribution.xrai import xrai as xrai
+from .attribution.transformers import attention_rollout as attention_rollout
+from .attribution.transformers import attnlrp as attnlrp
+from .attribution.transformers import chefer as chefer
 from .attribution.layer_space import at_layer as at_layer
 from .attribution.layer_space import layer_conductance as layer_conductance
 from .attribution.neurons import LayerOutput as LayerOutput
@@ -92,7 +95,10 @@ __all__ = [
     "ablation_cam",
     "at_layer",
     "blur_ig",
+    "attention_rollout",
+    "attnlrp",
     "cam",
+    "chefer",
     "compiled",
     "eigen_cam",
     "eigen_grad_cam",

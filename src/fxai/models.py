@@ -1,4 +1,4 @@
-"""Small reference models: the CNN the demo trains on the synthetic dataset."""
+"""Small reference models: the CNN (and the small ViT) the demo trains on the synthetic dataset."""
 
 from __future__ import annotations
 
@@ -36,3 +36,18 @@ class SmallCNN(nn.Module):
 def small_cnn(classes: int = 4, **options) -> SmallCNN:
     """A :class:`SmallCNN` with random weights (a factory for ``fxai explain --model fxai.models:small_cnn``)."""
     return SmallCNN(classes, **options)
+
+
+def small_vit(classes: int = 4, *, size: int = 32, width: int = 48, depth: int = 4, heads: int = 3,
+              patch: int = 4) -> nn.Module:
+    """A small torchvision ``VisionTransformer`` for the demo (``fxai demo --arch vit``): ``patch``×``patch``
+    patches of ``size``×``size`` inputs, a class token, ``depth`` blocks of ``heads`` heads, ``width`` channels.
+
+    Example:
+        >>> fxai.models.small_vit(classes=4).eval()(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 4])
+    """
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(image_size=size, patch_size=patch, num_layers=depth, num_heads=heads, hidden_dim=width,
+                             mlp_dim=2 * width, num_classes=classes)

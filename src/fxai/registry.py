@@ -21,12 +21,12 @@ from types import MappingProxyType
 
 from ._core.checks import unknown_name
 from .attribution import class_activation, full_grad, gradient, gradient_cams, guided, integrated, masked_cams, masks
-from .attribution import deeplift, lrp, smooth
+from .attribution import deeplift, lrp, smooth, transformers
 from .attribution import owen, paths, shapley, surrogates, xrai
 from .attribution import cam_variants
 
 KINDS = ("pixel", "cam", "transform")
-FAMILIES = ("gradient", "relevance", "cam", "mask", "transform")
+FAMILIES = ("gradient", "relevance", "cam", "mask", "transform", "transformer")
 
 
 def _frozen(d=None) -> Mapping:
@@ -39,7 +39,8 @@ class MethodInfo:
 
     ``kind``: ``"pixel"`` (a map shaped like ``x``), ``"cam"`` (``[B, H, W]``) or ``"transform"`` (a function
     ``method -> method``, e.g. SmoothGrad). ``family`` groups rows for plots and tests (``"gradient"``:
-    backpropagation maps; ``"relevance"``: relevance propagated by rules; ``"cam"``: layer maps; ``"mask"``: maps from masked inputs; ``"transform"``).
+    backpropagation maps; ``"relevance"``: relevance propagated by rules; ``"cam"``: layer maps; ``"mask"``: maps from masked inputs; ``"transform"``;
+    ``"transformer"``: methods that need a vision transformer's attention).
     ``needs``: inputs the caller must supply (``"references"``). ``cost``: the options that set the method's
     cost, at a full budget (scaled down by :func:`options`). ``quick``: small settings that exercise the
     method in a fraction of a second (tests, quick runs). ``sized``: options computed from the input's
@@ -133,6 +134,9 @@ _ALL = [
     MethodInfo("ablation_cam", masked_cams.ablation_cam, kind="cam", family="cam"),
     MethodInfo("ss_cam", masked_cams.ss_cam, kind="cam", family="cam", cost={"samples": 35}, quick={"samples": 2}),
     MethodInfo("is_cam", masked_cams.is_cam, kind="cam", family="cam", cost={"samples": 10}, quick={"samples": 2}),
+    MethodInfo("attention_rollout", transformers.attention_rollout, kind="cam", family="transformer"),
+    MethodInfo("chefer", transformers.chefer, kind="cam", family="transformer"),
+    MethodInfo("attnlrp", transformers.attnlrp, family="transformer"),
     MethodInfo("rise", masks.rise, kind="cam", family="mask", cost={"num_masks": 2000},
                quick={"num_masks": 8, "cell_size": 4}),
     MethodInfo("occlusion", masks.occlusion, family="mask", sized=_occlusion_window,

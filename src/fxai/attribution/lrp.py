@@ -32,7 +32,8 @@ def _relevance_at_input(score, rows, params, multi):
     x="input batch ``[B, ...]``.",
     composite="which rule each layer gets: a name (``\"epsilon_plus_flat\"``, the default: flat on the first layer, "
               "z⁺ on convolutions, ε on dense layers; ``\"epsilon_plus\"``, ``\"epsilon_alpha2_beta1\"``, "
-              "``\"epsilon_alpha2_beta1_flat\"``), a composite from ``fxai.lrp_rules`` (e.g. "
+              "``\"epsilon_alpha2_beta1_flat\"``; ``\"attnlrp\"`` and ``\"cp_lrp\"`` for transformers, see "
+              ":func:`fxai.attnlrp`), a composite from ``fxai.lrp_rules`` (e.g. "
               "``epsilon_gamma_box(low=..., high=...)``), or a mapping from a layer kind (``\"first\"``, ``\"conv\"``, "
               "``\"linear\"``, ``\"pool\"``, ``\"add\"``, ``\"activation\"``, ``\"batchnorm\"``) or a layer name "
               "(prefix of its parameter names) to a rule.",

@@ -70,6 +70,7 @@ def rebuild(desc: dict, state: dict):
     """The module (in eval mode, weights loaded) of :func:`read`'s pair."""
     from .nets import build
 
-    module = build(desc["arch"], desc["classes"], channels=desc.get("channels", 3), width=desc["width"])
+    module = build(desc["arch"], desc["classes"], channels=desc.get("channels", 3), width=desc["width"],
+                   size=desc.get("size"))
     module.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
     return module.eval()

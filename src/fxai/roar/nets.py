@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models import SmallCNN
+from ..models import SmallCNN, small_vit
 
 
 class _Basic(nn.Module):
@@ -63,8 +63,12 @@ ARCHITECTURES = ("smallcnn", "resnet8", "resnet20")
 CAM_LAYERS = {"smallcnn": "features", "resnet8": "layer3", "resnet20": "layer3"}
 
 
-def build(arch: str, classes: int, *, channels: int = 3, width: int = 16) -> nn.Module:
-    """A freshly initialised network by name: ``"smallcnn"`` (:class:`fxai.models.SmallCNN`), ``"resnet8"``, ``"resnet20"``."""
+def build(arch: str, classes: int, *, channels: int = 3, width: int = 16, size: int | None = None) -> nn.Module:
+    """A freshly initialised network by name: ``"smallcnn"`` (:class:`fxai.models.SmallCNN`), ``"resnet8"``,
+    ``"resnet20"``, or ``"small_vit"`` (:func:`fxai.models.small_vit` for ``size``×``size`` RGB inputs: the demo's
+    ViT, ``width`` channels, 3 heads where ``width`` divides by 3, else 2)."""
+    if arch == "small_vit":
+        return small_vit(classes, size=size or 32, width=width, heads=3 if width % 3 == 0 else 2)
     if arch == "smallcnn":
         return SmallCNN(classes, channels=channels, width=width)
     if arch in ("resnet8", "resnet20"):

@@ -9,7 +9,10 @@
   softmax) as replay rules on the engine.
 - :mod:`.lrp`: LRP's rules and composites; :mod:`.canonizers`: ``params -> params`` rewrites (BatchNorm
   folding, whose pairs are found on the engine).
-- :mod:`.lrp_mode`: LRP's interception mode.
+- :mod:`.lrp_mode`: LRP's interception mode; :mod:`.lrp_transformers`: AttnLRP's rules (softmax, the products
+  of attention, LayerNorm/RMSNorm with the scale held constant), taken by that mode.
+- :mod:`.attention`: fused attention (``F.scaled_dot_product_attention``, ``F.multi_head_attention_forward``)
+  decomposed into ``softmax(q kᵀ / √d + mask) v`` so that its probabilities are tensors a method reads.
 
 LRP keeps a mode of its own rather than running on :class:`~.engine.Intercept`: the engine binds each call to
 canonical operands and options, which DeepLIFT needs (its rules compare an op's operands with the reference

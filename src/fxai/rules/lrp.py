@@ -24,6 +24,15 @@ Rules (``x⁺ = max(x, 0)``, ``W⁺ = max(W, 0)``, likewise ``⁻``):
 - :class:`Pass`: relevance passes unchanged (activations, a BatchNorm not folded away).
 - :class:`Gradient`: the plain gradient (no rule; max-pooling, reshapes and concatenations always use it).
 
+For transformers (AttnLRP, Achtibat et al. 2024; see :func:`attnlrp`):
+
+- :class:`AttentionUniform`: attention :math:`o = \mathrm{softmax}(q k^\top s + m)\, v` by the uniform rule on
+  the products :math:`A v` and :math:`q k^\top` (half the relevance to each operand) and the softmax rule
+  :math:`R_S = S \odot (R_A - A \textstyle\sum_j R_{A,j})`; :class:`AttentionCP` (CP-LRP, Ali et al. 2022): all
+  relevance through :math:`v`, none through :math:`q, k`.
+- :class:`ConstantScale`: LayerNorm / RMSNorm with the normalising scale treated as a constant; the linear map
+  left gets LRP-ε.
+
 A composite assigns rules to layers, by name (the prefix of the parameter
 names, e.g. ``"features.0"`` or ``"layer4"``) or by kind: ``"first"`` (the first
 linear or convolutional layer called), ``"conv"``, ``"linear"``, ``"pool"``,
@@ -242,9 +251,33 @@ class Gradient:
     """No rule: the op's own gradient carries the relevance back."""
 
 
-LAYER_KINDS = ("first", "conv", "linear", "pool", "add", "activation", "batchnorm")
+@dataclass(frozen=True)
+class AttentionUniform:
+    """AttnLRP in attention: the uniform rule on ``q kᵀ`` and ``A v``, the softmax rule in between."""
+
+    stabilizer: float = 1e-12
+
+
+@dataclass(frozen=True)
+class AttentionCP:
+    """CP-LRP in attention: the attention probabilities held constant, all relevance through ``v``."""
+
+    stabilizer: float = 1e-12
+
+
+@dataclass(frozen=True)
+class ConstantScale:
+    """LayerNorm / RMSNorm with the normalising scale held constant; LRP-ε on the linear map that leaves."""
+
+    stabilizer: float = 1e-12
+
+
+LAYER_KINDS = ("first", "conv", "linear", "pool", "add", "activation", "batchnorm", "attention", "norm", "scale")
 _DEFAULTS = {"conv": Epsilon(), "linear": Epsilon(), "pool": Norm(), "add": Norm(), "activation": Pass(),
-             "batchnorm": Pass()}
+             "batchnorm": Pass(), "attention": Gradient(), "norm": Gradient(), "scale": Gradient()}
+_KIND_RULES = {"pool": (Norm, Pass, Gradient), "add": (Norm, Pass, Gradient), "activation": (Pass, Gradient),
+               "batchnorm": (Pass, Gradient), "attention": (AttentionUniform, AttentionCP, Gradient),
+               "norm": (ConstantScale, Gradient), "scale": (Pass, Gradient)}
 
 
 @dataclass(frozen=True)
@@ -252,7 +285,8 @@ class Composite:
     """Rules assigned to layers, by name prefix (longest wins) or by kind (see :data:`LAYER_KINDS`).
 
     Kinds left out keep their defaults: ε for ``conv``/``linear``, :class:`Norm` for ``pool``
-    and ``add``, :class:`Pass` for ``activation`` and ``batchnorm``; ``first`` falls back to its kind.
+    and ``add``, :class:`Pass` for ``activation`` and ``batchnorm``, :class:`Gradient` for ``attention``,
+    ``norm`` (LayerNorm, RMSNorm) and ``scale`` (products with a number); ``first`` falls back to its kind.
     """
 
     rules: Mapping[str, object] = field(default_factory=dict)
@@ -261,11 +295,10 @@ class Composite:
         for key, rule in self.rules.items():
             if not isinstance(key, str):
                 raise TypeError(f"composite: keys must be layer kinds {LAYER_KINDS} or layer names, got {key!r}")
-            if key in ("pool", "add") and not isinstance(rule, (Norm, Pass, Gradient)):
-                raise TypeError(f"composite[{key!r}] must be Norm(), Pass() or Gradient(), got {rule!r}")
-            if key in ("activation", "batchnorm") and not isinstance(rule, (Pass, Gradient)):
-                raise TypeError(f"composite[{key!r}] must be Pass() or Gradient(), got {rule!r}")
-            if key not in ("pool", "add", "activation", "batchnorm") and not isinstance(rule, (Rule, Gradient)):
+            if key in _KIND_RULES and not isinstance(rule, _KIND_RULES[key]):
+                allowed = " or ".join(f"{c.__name__}()" for c in _KIND_RULES[key])
+                raise TypeError(f"composite[{key!r}] must be {allowed}, got {rule!r}")
+            if key not in _KIND_RULES and not isinstance(rule, (Rule, Gradient)):
                 raise TypeError(f"composite[{key!r}] must be an LRP rule (Epsilon(), ZPlus(), ...) or "
                                 f"Gradient(), got {rule!r}")
 
@@ -290,7 +323,8 @@ class Composite:
         return self.rules.get(kind, _DEFAULTS[kind])
 
     def kind_rule(self, kind: str):
-        """The rule of a parameter-free op of ``kind`` (``pool``, ``add``, ``activation``, ``batchnorm``)."""
+        """The rule of an op of ``kind`` (``pool``, ``add``, ``activation``, ``batchnorm``, ``attention``, ``norm``,
+        ``scale``)."""
         return self.rules.get(kind, _DEFAULTS[kind])
 
 
@@ -326,7 +360,33 @@ def epsilon_gamma_box(*, low, high, epsilon: float = 1e-6, gamma: float = 0.25,
                       "linear": Epsilon(epsilon), "pool": Norm(stabilizer), "add": Norm(stabilizer)})
 
 
-COMPOSITES = {"epsilon_plus_flat": epsilon_plus_flat, "epsilon_plus": epsilon_plus,
+def attnlrp(*, variant: str = "uniform", epsilon: float = 1e-12, gamma=None, stabilizer: float = 1e-12) -> Composite:
+    """AttnLRP (Achtibat et al., ICML 2024) for transformers: attention by the uniform and softmax rules
+    (``variant="uniform"``) or CP-LRP (``variant="cp"``, no relevance through ``q`` and ``k``), LayerNorm/RMSNorm
+    with their scale constant, elementwise activations (GELU, SiLU...) by the identity rule, products with a
+    number passed through, linear and convolutional layers by LRP-ε (``epsilon`` tiny: LRP-0 as in LXT).
+    ``gamma``: a number (γ-rule on every linear layer) or a mapping ``{layer name: γ}``."""
+    if variant not in ("uniform", "cp"):
+        raise ValueError(f"attnlrp: variant must be 'uniform' or 'cp', got {variant!r}")
+    linear = Epsilon(epsilon)
+    rules = {"conv": linear, "linear": linear, "pool": Norm(stabilizer), "add": Norm(stabilizer),
+             "activation": Pass(), "attention": AttentionUniform(stabilizer) if variant == "uniform"
+             else AttentionCP(stabilizer), "norm": ConstantScale(stabilizer), "scale": Pass()}
+    if isinstance(gamma, (int, float)) and not isinstance(gamma, bool):
+        rules["linear"] = Gamma(float(gamma), stabilizer)
+    elif isinstance(gamma, Mapping):
+        rules.update({name: Gamma(float(g), stabilizer) for name, g in gamma.items()})
+    elif gamma is not None:
+        raise TypeError(f"attnlrp: gamma must be None, a number or a mapping {{layer name: gamma}}, got {gamma!r}")
+    return Composite(rules)
+
+
+def cp_lrp(**options) -> Composite:
+    """:func:`attnlrp` with ``variant="cp"`` (CP-LRP inside attention; LXT's default for torchvision's ViT)."""
+    return attnlrp(variant="cp", **options)
+
+
+COMPOSITES = {"attnlrp": attnlrp, "cp_lrp": cp_lrp, "epsilon_plus_flat": epsilon_plus_flat, "epsilon_plus": epsilon_plus,
               "epsilon_alpha2_beta1": epsilon_alpha2_beta1, "epsilon_alpha2_beta1_flat": epsilon_alpha2_beta1_flat,
               "epsilon_gamma_box": epsilon_gamma_box}
 

@@ -26,6 +26,11 @@ LRP passes pooling, means, sums and activations through as opaque calls and
 needs only the input, so the engine would add binders for some thirty
 spellings that exist only to be undone. Dispatch costs the same either way
 (``benchmarks/bench_interception.py``).
+
+Transformers (AttnLRP): attention calls are decomposed by :func:`fxai.rules.attention.decompose`, their
+projections sent back through this mode and the attention product given its rule
+(:mod:`fxai.rules.lrp_transformers`); LayerNorm/RMSNorm, products with a number and broadcast additions
+get theirs when the composite asks (kinds ``"attention"``, ``"norm"``, ``"scale"``).
 """
 
 from __future__ import annotations
@@ -34,25 +39,35 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .lrp import Gradient, Norm, Pass, stabilize
+from .attention import MHA, SDPA, SOFTMAX, decompose, explicit, is_attention_softmax, probabilities
+from .lrp import AttentionCP, AttentionUniform, ConstantScale, Epsilon, Gradient, Norm, Pass, stabilize
+from .lrp_transformers import AttentionRelevance, FrozenScale, norm_parts
 
 
 class _LayerRule(torch.autograd.Function):
+    r"""A linear or convolutional op; ``reuse``: LRP-ε on ``F.linear`` at first order, whose backward reads the
+    forward's output rather than computing it again (:math:`R_i = x_i [W^\top (R / \mathrm{stab}(z))]_i`)."""
+
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, x_true, w, b, op, rule):
+    def forward(x, x_true, w, b, op, rule, reuse):
         return op(x, w, b)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, x, w, b, ctx.op, ctx.rule = inputs
+        _, x, w, b, ctx.op, ctx.rule, reuse = inputs
         ctx.save_for_backward(x, w, b)
+        # a detached alias (no reference cycle through the graph) whose version tells if it was overwritten since
+        ctx.z = output.detach() if reuse else None
+        ctx.version = None if ctx.z is None else ctx.z._version
 
     @staticmethod
     def backward(ctx, relevance):
         x, w, b = ctx.saved_tensors
-        return ctx.rule.backward(ctx.op, x, w, b, relevance), None, None, None, None, None
+        if ctx.z is not None and ctx.z._version == ctx.version:
+            return (relevance / stabilize(ctx.z, ctx.rule.epsilon)) @ w * x, None, None, None, None, None, None
+        return ctx.rule.backward(ctx.op, x, w, b, relevance), None, None, None, None, None, None
 
 
 class _NormRule(torch.autograd.Function):
@@ -77,7 +92,8 @@ class _NormRule(torch.autograd.Function):
 
 
 class _AddRule(torch.autograd.Function):
-    """``a + b``: relevance split in proportion to each summand (a residual connection's branches)."""
+    """``a + b``: relevance split in proportion to each summand (a residual connection's branches, a position
+    embedding broadcast over the batch)."""
 
     generate_vmap_rule = True
 
@@ -94,7 +110,7 @@ class _AddRule(torch.autograd.Function):
     def backward(ctx, relevance):
         a, b = ctx.saved_tensors
         s = relevance / stabilize(a + b, ctx.eps)
-        return a * s, b * s, None, None, None
+        return (a * s).sum_to_size(a.shape), (b * s).sum_to_size(b.shape), None, None, None
 
 
 class _PassRule(torch.autograd.Function):
@@ -129,6 +145,9 @@ class _PassRuleInPlace(torch.autograd.Function):
         return relevance, None
 
 
+_NORMS = (F.layer_norm, F.rms_norm)
+_SCALE = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.div, torch.Tensor.div,
+          torch.Tensor.__truediv__}
 _LINEAR = {F.linear: "linear", F.conv1d: "conv", F.conv2d: "conv", F.conv3d: "conv"}
 _POOL = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
          F.adaptive_avg_pool3d, torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.sum}
@@ -169,6 +188,27 @@ def _without_inplace(func, args, kwargs):
             kwargs = {**kwargs, "inplace": False}
     x, rest = args[0], args[1:]
     return x, (lambda t: func(t, *rest, **kwargs)), inplace
+
+
+def _scalar_operand(func, args, kwargs):
+    """The tensor of a product or quotient of a floating tensor and a Python number (else ``None``)."""
+    if kwargs or len(args) != 2:
+        return None
+    a, b = args
+    if isinstance(a, torch.Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return a if a.is_floating_point() else None
+    if func in (torch.mul, torch.Tensor.__rmul__) and isinstance(b, torch.Tensor) and isinstance(a, (int, float)):
+        return b if b.is_floating_point() else None
+    return None
+
+
+def _broadcast(a, b, *, inplace: bool) -> bool:
+    """Whether ``a + b`` broadcasts (into ``a``'s shape when in place)."""
+    try:
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        return False
+    return shape == a.shape if inplace else True
 
 
 def _folded_away(args, kwargs) -> bool:
@@ -226,13 +266,30 @@ class RelevanceMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
+        if func in SDPA or func in MHA:
+            return self._attention(func, args, kwargs)
+        if func in SOFTMAX and is_attention_softmax(args, kwargs) and \
+                not isinstance(self.composite.kind_rule("attention"), Gradient):
+            raise ValueError("lrp: the model computes attention by matmul and softmax (an unfused 'eager' path), "
+                             "whose products the attention rules do not see; use its fused path: timm "
+                             "Attention.fused_attn = True, HuggingFace attn_implementation='sdpa'")
+        if func in _NORMS and isinstance(self.composite.kind_rule("norm"), ConstantScale):
+            x, frozen = norm_parts(func, args, kwargs)
+            fn = lambda t: func(t, *args[1:], **kwargs)  # noqa: E731
+            return self._apply(FrozenScale, (x,), fn, fn, frozen, self.composite.kind_rule("norm").stabilizer)
+        if func in _SCALE and isinstance(self.composite.kind_rule("scale"), Pass):
+            x = _scalar_operand(func, args, kwargs)
+            if x is not None:
+                return self._pass(x, lambda t: func(*(t if a is x else a for a in args)))
         if func in _LINEAR:
             x, w, b, op = _linear_parts(func, args, kwargs)
             rule = self.composite.layer_rule(self.names.get(id(w)), _LINEAR[func], self.first)
             self.first = False
             if isinstance(rule, Gradient):
                 return op(x, w, b)
-            return self._apply(_LayerRule, (x,), lambda x: op(x, w, b), w, b, op, rule)
+            reuse = (func is F.linear and type(rule) is Epsilon and self.truth is None
+                     and torch._C._functorch.peek_interpreter_stack() is None)
+            return self._apply(_LayerRule, (x,), lambda x: op(x, w, b), w, b, op, rule, reuse)
         if func in _POOL:
             rule = self.composite.kind_rule("pool")
             if isinstance(rule, Norm) and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
@@ -259,6 +316,27 @@ class RelevanceMode(TorchFunctionMode):
             return self._pass(args[0], lambda t: func(t, *rest, **kwargs))
         return func(*args, **kwargs)
 
+    def _attention(self, func, args, kwargs):
+        """An attention call: decomposed, its projections through this mode, the attention by its rule."""
+        rule = self.composite.kind_rule("attention")
+        if isinstance(rule, Gradient) and func in SDPA:
+            return func(*args, **kwargs)
+
+        def attend(q, k, v, bias, scale):
+            if isinstance(rule, Gradient):
+                return explicit(q, k, v, bias, scale)
+            compute = lambda q, k, v: explicit(q, k, v, bias, scale)[0]  # noqa: E731
+            probs = None
+            if self.truth is None and self.record is None and torch._C._functorch.peek_interpreter_stack() is None:
+                with torch.no_grad():
+                    probs = probabilities(q, k, bias, scale)
+            out = self._apply(AttentionRelevance, (q, k, v), compute, bias, scale, isinstance(rule, AttentionCP),
+                              rule.stabilizer, probs)
+            return out, None
+
+        return decompose(func, args, kwargs, attend=attend,
+                         linear=lambda x, w, b: self.__torch_function__(F.linear, (), (x, w, b), {}))
+
     def _pass(self, x, fn):
         return fn(x) if self.record is not None else _PassRule.apply(x, fn)
 
@@ -272,8 +350,8 @@ class RelevanceMode(TorchFunctionMode):
         rule = self.composite.kind_rule("add")
         a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
         plain = (len(args) <= 2 and set(kwargs) <= {"other"} and isinstance(a, torch.Tensor)
-                 and isinstance(b, torch.Tensor) and a.shape == b.shape and a.is_floating_point()
-                 and b.is_floating_point())
+                 and isinstance(b, torch.Tensor) and a.is_floating_point() and b.is_floating_point()
+                 and _broadcast(a, b, inplace=func in _ADD_INPLACE))
         if not plain or not isinstance(rule, Norm):
             return func(*args, **kwargs)
         if func in _ADD_INPLACE:
