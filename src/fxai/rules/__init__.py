@@ -7,7 +7,7 @@
 - :mod:`.relu`: ReLU rules (guided backprop, DeconvNet) on the engine.
 - :mod:`.multipliers`, :mod:`.mixing`: DeepLIFT's multipliers (Rescale, RevealCancel; max-pooling, products,
   softmax) as replay rules on the engine.
-- :mod:`.lrp`: LRP's rules and composites; :mod:`.canonizers`: ``params -> params`` rewrites (BatchNorm
+- :mod:`.lrp`: LRP's rules and composites, on the arithmetic of :mod:`.lrp_terms`; :mod:`.canonizers`: ``params -> params`` rewrites (BatchNorm
   folding, whose pairs are found on the engine).
 - :mod:`.lrp_mode`: LRP's interception mode; :mod:`.lrp_transformers`: AttnLRP's rules (softmax, the products
   of attention, LayerNorm/RMSNorm with the scale held constant), taken by that mode.

@@ -47,83 +47,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._core.checks import unknown_name
-
-
-def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    r""":math:`z + \varepsilon\,(\mathrm{sign}(z) + [z = 0])`: pushed away from zero, keeping the sign.
-
-    Computed as ``copysign(ε, z + 0) + (z + 0)`` (adding 0 turns -0 into +0): no boolean mask, and in place
-    on a fresh copy where no graph is recorded (see :func:`_in_place`)."""
-    e = torch.tensor(eps, dtype=z.dtype, device=z.device)
-    if not _in_place():
-        z = z + 0.0
-        return z + torch.copysign(e, z)
-    z = z + 0.0
-    return z.add_(torch.copysign(e, z))
-
-
-def _in_place() -> bool:
-    """Whether a rule's backward may write into its fresh intermediates: first order (no graph recorded),
-    outside ``torch.func`` transforms and ``torch.compile``; saves allocations of activation-sized tensors."""
-    return not torch.is_grad_enabled() and _eager()
-
-
-def _pos(t):
-    return None if t is None else t.clamp(min=0)
-
-
-def _neg(t):
-    return None if t is None else t.clamp(max=0)
-
-
-def _eager() -> bool:
-    """Whether data-dependent shortcuts are allowed: outside ``torch.func`` transforms and ``torch.compile``."""
-    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
-
-
-def _split(x):
-    """``(x⁺, x⁻)``; for an input known to be non-negative (after a ReLU), ``(x, None)``: one conv saved."""
-    if _eager() and not bool(x.amin() < 0):
-        return x, None
-    return x.clamp(min=0), x.clamp(max=0)
-
-
-def _signed(sign, t):
-    return t if sign == 1 else -t
-
-
-def _total(terms):
-    out = terms[0]
-    for t in terms[1:]:
-        out = out + t
-    return out
-
-
-def _pullback(op, x, w, b):
-    """``(z, vjp)`` of ``x -> op(x, w, b)``: the modified forward and its transpose."""
-    # a view: a primal saved from an outer torch.func level trips functorch's level check inside vjp
-    return torch.func.vjp(lambda x: op(x, w, b), x.view_as(x))
-
-
-def _share(op, parts, relevance, eps, mask=None):
-    r"""Relevance of the inputs of :math:`z' = \sum_k \sigma_k op(x_k, W_k, b_k)`: :math:`\sum_k \sigma_k x_k \odot
-    \partial op/\partial x_k^\top s`.
-
-    ``parts`` lists ``(x_k, W_k, b_k, sigma_k)`` (parts with ``x_k`` None are zero and left out);
-    ``s = R / stab(z')`` (times ``mask``).
-    """
-    parts = [p for p in parts if p[0] is not None]
-    zs, pulls = zip(*(_pullback(op, x, w, b) for x, w, b, _ in parts))
-    stab = stabilize(_total([_signed(p[3], z) for p, z in zip(parts, zs)]), eps)
-    if not _in_place():
-        s = relevance / stab
-        if mask is not None:
-            s = s * mask
-        return _total([_signed(p[3], p[0] * pull(s)[0]) for p, pull in zip(parts, pulls)])
-    s = relevance / stab  # (not into stab: autograd's is_grads_batched may batch the relevance)
-    if mask is not None:
-        s.mul_(mask)
-    return _total([_signed(p[3], pull(s)[0].mul_(p[0])) for p, pull in zip(parts, pulls)])
+from .lrp_terms import negative_part, positive_part, pullback, share, split_signs, stabilize
 
 
 class Rule:
@@ -140,7 +64,7 @@ class Epsilon(Rule):
     epsilon: float = 1e-6
 
     def backward(self, op, x, w, b, relevance):
-        return _share(op, [(x, w, b, 1)], relevance, self.epsilon)
+        return share(op, [(x, w, b, 1)], relevance, self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -150,9 +74,10 @@ class ZPlus(Rule):
     stabilizer: float = 1e-6
 
     def backward(self, op, x, w, b, relevance):
-        xp, xn = _split(x)
-        parts = [(xp, _pos(w), _pos(b), 1)] + ([] if xn is None else [(xn, _neg(w), None, 1)])
-        return _share(op, parts, relevance, self.stabilizer)
+        xp, xn = split_signs(x)
+        parts = [(xp, positive_part(w), positive_part(b), 1)]
+        parts += [] if xn is None else [(xn, negative_part(w), None, 1)]
+        return share(op, parts, relevance, self.stabilizer)
 
 
 @dataclass(frozen=True)
@@ -169,10 +94,10 @@ class AlphaBeta(Rule):
                              f"(conservation), got alpha={self.alpha}, beta={self.beta}")
 
     def backward(self, op, x, w, b, relevance):
-        xp, xn = _split(x)
-        wp, wn = _pos(w), _neg(w)
-        positive = _share(op, [(xp, wp, _pos(b), 1), (xn, wn, None, 1)], relevance, self.stabilizer)
-        negative = _share(op, [(xp, wn, _neg(b), 1), (xn, wp, None, 1)], relevance, self.stabilizer)
+        xp, xn = split_signs(x)
+        wp, wn = positive_part(w), negative_part(w)
+        positive = share(op, [(xp, wp, positive_part(b), 1), (xn, wn, None, 1)], relevance, self.stabilizer)
+        negative = share(op, [(xp, wn, negative_part(b), 1), (xn, wp, None, 1)], relevance, self.stabilizer)
         return self.alpha * positive - self.beta * negative
 
 
@@ -188,10 +113,10 @@ class Gamma(Rule):
         up = lambda t: None if t is None else t + g * t.clamp(min=0)  # noqa: E731
         down = lambda t: None if t is None else t + g * t.clamp(max=0)  # noqa: E731
         z = op(x, w, b)
-        xp, xn = _split(x)
-        positive = _share(op, [(xp, up(w), up(b), 1), (xn, down(w), None, 1)], relevance, self.stabilizer,
+        xp, xn = split_signs(x)
+        positive = share(op, [(xp, up(w), up(b), 1), (xn, down(w), None, 1)], relevance, self.stabilizer,
                           mask=(z > 0).to(z.dtype))
-        negative = _share(op, [(xp, down(w), down(b), 1), (xn, up(w), None, 1)], relevance, self.stabilizer,
+        negative = share(op, [(xp, down(w), down(b), 1), (xn, up(w), None, 1)], relevance, self.stabilizer,
                           mask=(z < 0).to(z.dtype))
         return positive + negative
 
@@ -204,7 +129,7 @@ class Flat(Rule):
 
     def backward(self, op, x, w, b, relevance):
         ones = torch.ones_like(x)
-        z, pull = _pullback(op, ones, torch.ones_like(w), None)
+        z, pull = pullback(op, ones, torch.ones_like(w), None)
         return pull(relevance / stabilize(z, self.stabilizer))[0]
 
 
@@ -215,7 +140,7 @@ class WSquare(Rule):
     stabilizer: float = 1e-6
 
     def backward(self, op, x, w, b, relevance):
-        z, pull = _pullback(op, torch.ones_like(x), w.square(), None)
+        z, pull = pullback(op, torch.ones_like(x), w.square(), None)
         return pull(relevance / stabilize(z, self.stabilizer))[0]
 
 
@@ -230,7 +155,7 @@ class ZBox(Rule):
     def backward(self, op, x, w, b, relevance):
         low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
         high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
-        return _share(op, [(x, w, None, 1), (low, _pos(w), None, -1), (high, _neg(w), None, -1)],
+        return share(op, [(x, w, None, 1), (low, positive_part(w), None, -1), (high, negative_part(w), None, -1)],
                       relevance, self.stabilizer)
 
 
@@ -386,9 +311,9 @@ def cp_lrp(**options) -> Composite:
     return attnlrp(variant="cp", **options)
 
 
-COMPOSITES = {"attnlrp": attnlrp, "cp_lrp": cp_lrp, "epsilon_plus_flat": epsilon_plus_flat, "epsilon_plus": epsilon_plus,
-              "epsilon_alpha2_beta1": epsilon_alpha2_beta1, "epsilon_alpha2_beta1_flat": epsilon_alpha2_beta1_flat,
-              "epsilon_gamma_box": epsilon_gamma_box}
+COMPOSITES = {"attnlrp": attnlrp, "cp_lrp": cp_lrp, "epsilon_plus_flat": epsilon_plus_flat,
+              "epsilon_plus": epsilon_plus, "epsilon_alpha2_beta1": epsilon_alpha2_beta1,
+              "epsilon_alpha2_beta1_flat": epsilon_alpha2_beta1_flat, "epsilon_gamma_box": epsilon_gamma_box}
 
 
 def as_composite(composite, *, name: str = "composite") -> Composite:

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from .attention import MHA, SDPA, SOFTMAX, decompose, explicit, is_attention_softmax, probabilities
-from .lrp import AttentionCP, AttentionUniform, ConstantScale, Epsilon, Gradient, Norm, Pass, stabilize
+from .lrp import AttentionCP, AttentionUniform, ConstantScale, Epsilon, Gradient, Norm, Pass
+from .lrp_terms import stabilize
 from .lrp_transformers import AttentionRelevance, FrozenScale, norm_parts
 
 
@@ -87,7 +88,7 @@ class _NormRule(torch.autograd.Function):
     @staticmethod
     def backward(ctx, relevance):
         (x,) = ctx.saved_tensors
-        z, pull = torch.func.vjp(ctx.fn, x.view_as(x))  # a view: see lrp_rules._pullback
+        z, pull = torch.func.vjp(ctx.fn, x.view_as(x))  # a view: see lrp_terms.pullback
         return x * pull(relevance / stabilize(z, ctx.eps))[0], None, None, None
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import explicit, probabilities
-from .lrp import stabilize
+from .lrp_terms import stabilize
 
 
 class AttentionRelevance(torch.autograd.Function):
