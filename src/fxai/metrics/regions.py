@@ -7,13 +7,13 @@ passes of ``chunk_size`` rows; the regions themselves are integer label maps ``[
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .._core.batching import auto_chunk
 from .._core.batching import scores as stacked_scores
 from .._core.checks import check_choice, check_input, check_positive_int
 from .._core.targets import TargetLike, one_per_input, scored_model
+from ..attribution.features import superpixels
 from .features import block_scores, feature_map, fill_values
 
 
@@ -100,23 +100,15 @@ def region_perturbation(model_fn, params, x: torch.Tensor, target: TargetLike, a
 
 
 def slic_segments(x: torch.Tensor, **options) -> torch.Tensor:
-    """SLIC superpixels of each image (``skimage.segmentation.slic`` on the image as ``H × W × C`` float64,
-    ``start_label=0``, Quantus's call; ``options`` go to ``slic``): ``LongTensor [B, H, W]`` on ``x``'s device.
-    Needs scikit-image (an optional dependency); segmentation runs on the CPU.
+    """SLIC superpixels of each image as Quantus calls ``skimage.segmentation.slic`` (the image as ``H × W × C``
+    float64, unscaled, skimage's defaults, ``start_label=0``; ``options`` go to ``slic``): :func:`fxai.superpixels`
+    with those settings, a ``LongTensor [B, H, W]`` on ``x``'s device. Needs scikit-image.
 
     Example:
         >>> fxai.metrics.slic_segments(x, n_segments=20).shape
         torch.Size([2, 32, 32])
     """
-    try:
-        from skimage.segmentation import slic
-    except ImportError:
-        raise ImportError("slic_segments needs scikit-image (pip install scikit-image); or pass your own "
-                          "segments [B, H, W] to irof") from None
-
-    imgs = x.detach().cpu().double().movedim(1, -1).numpy()
-    options = {"start_label": 0, **options}
-    return torch.from_numpy(np.stack([slic(img, **options) for img in imgs])).long().to(x.device)
+    return superpixels(x, "slic", rescale=False, **{"n_segments": 100, **options})  # skimage's own default
 
 
 def irof(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor, *, segments=None,
