@@ -48,11 +48,13 @@ def ranked_batch(logits) -> list[int]:
 
 
 def constant_text(flat) -> str:
+    """How a constant map ``flat`` reads: identically zero, or constant at its value."""
     value = float(flat[0])
     return "identically zero" if value == 0 else f"constant ({value:.3g} everywhere)"
 
 
 def constant_cause(untrained: bool, logits) -> str:
+    """The likely cause of a constant map, from the model's ``logits`` and whether its weights are random."""
     if bool((logits == logits[0]).all()):
         return ("every class has the same score: the output does not depend on the input (e.g. a zero-initialised "
                 "head, as a random ViT's)" + (f"; {RANDOM_WEIGHTS}" if untrained else ""))

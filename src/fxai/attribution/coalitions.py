@@ -101,6 +101,7 @@ def bits(s: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def check_exact(m: int, name: str) -> None:
+    """Refuse ``m`` features for a method that evaluates every coalition (more than :data:`EXACT_LIMIT`)."""
     if m > EXACT_LIMIT:
         raise ValueError(f"{name}: {m} features need 2^{m} = {2**m} evaluations per image; every coalition is "
                          f"evaluated up to {EXACT_LIMIT} features. Use fewer features (e.g. feature_mask='grid:3') "
