@@ -13,7 +13,7 @@ channel-summed absolute value for pixel maps):
   top-1 accuracy at 10%...90%; the probability is the per-image version of it).
 
 Run: ``python benchmarks/vit_evidence.py --out fxai-demo-vit`` (after ``fxai demo --arch vit --out fxai-demo-vit``,
-whose model it reuses; else it trains the same model first, ~10 minutes on 2 CPU cores)
+whose model it reuses; else it trains the same model first, ~2 minutes on 2 CPU cores)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=demo.VIT_STEPS, help="training steps (the demo's by default)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="learning rate (the demo's for the ViT by default)")
+    ap.add_argument("--lr", type=float, default=2e-3, help="learning rate (the demo's for the ViT by default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                                                            "scores mean nothing; for tests); kept as model-quick.pt")
     demo.add_argument("--arch", choices=("cnn", "vit"), default="cnn",
                       help="the model trained and explained: a small CNN (default) or a small vision transformer "
-                           "(trained for 3000 steps: about 10 minutes on 2 CPU cores)")
+                           "(trained for 2000 steps; the whole run about 6 minutes on 2 CPU cores)")
     demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps `fxai --debug demo`
                       help="show the full traceback on errors")
 
