@@ -390,7 +390,8 @@ def test_no_hooks_left_and_module_unchanged(tiny_cnn, tiny_input):
 
 def test_argument_errors(tiny_cnn, tiny_input):
     model_fn, params = fxai.functional(tiny_cnn)
-    with pytest.raises(ValueError, match="unknown layer 'conv9'; did you mean 'conv3', 'conv2' or 'conv1'\? the model's top-level layers: conv1, bn1"):
+    with pytest.raises(ValueError, match=r"unknown layer 'conv9'; did you mean 'conv3', 'conv2' or 'conv1'\? "
+                                         r"the model's top-level layers: conv1, bn1"):
         fxai.grad_cam(model_fn, params, tiny_input, layer="conv9")
     with pytest.raises(ValueError, match="upsample must be one of"):
         fxai.grad_cam(model_fn, params, tiny_input, layer="layer4", upsample="area")
