@@ -15,6 +15,12 @@ from .._core.targets import TargetLike, one_per_input, scored_model
 def _perturbations(perturb, x, samples, key, default):
     if perturb is None:
         return default(keys.generator(key))
+    return given_perturbations(perturb, x, samples, key)
+
+
+def given_perturbations(perturb, x, samples: int, key) -> torch.Tensor:
+    """The perturbations ``perturb(x, samples=samples, key=key)`` of a caller's callable, checked to be a tensor
+    ``[samples, *x.shape]``, on ``x``'s device and dtype."""
     if not callable(perturb):
         raise TypeError(f"perturb must be a callable (x, *, samples, key) -> [samples, B, ...] or None, "
                         f"got {type(perturb).__name__}")

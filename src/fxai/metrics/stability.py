@@ -20,6 +20,7 @@ from .._core.checks import check_finite, check_input, check_positive_int
 from .._core.discovery import resolve_layers
 from .._core.layers import forward_with_activations
 from .._core.targets import TargetLike, check_logits, one_per_input
+from .robustness import given_perturbations
 
 EPS_MIN = 1e-6  # Agarwal et al.'s epsilon_min, also Quantus's
 
@@ -42,14 +43,7 @@ def _deltas(perturb, x, samples, gen, draw):
     """A function ``(start, n) -> [n, B, ...]`` giving the perturbations of samples ``start .. start + n``."""
     if perturb is None:
         return lambda start, n: torch.stack([draw(gen) for _ in range(n)])
-    if not callable(perturb):
-        raise TypeError(f"perturb must be a callable (x, *, samples, key) -> [samples, B, ...] or None, "
-                        f"got {type(perturb).__name__}")
-    out = perturb(x, samples=samples, key=gen)
-    if not isinstance(out, torch.Tensor) or out.shape != (samples, *x.shape):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"perturb must return a tensor [samples, *x.shape] = {(samples, *x.shape)}, got {got}")
-    out = out.to(device=x.device, dtype=x.dtype)
+    out = given_perturbations(perturb, x, samples, gen)
     return lambda start, n: out[start:start + n]
 
 
@@ -314,6 +308,12 @@ _STABILITY_DOC = r"""
         radius: :math:`r`, the L-infinity radius of the uniform perturbation."""
 
 
+def _stability_doc(fn):  # the relative stabilities' shared text at their docstrings' {stability} line
+    fn.__doc__ = fn.__doc__.replace("    {stability}\n", "\n" + _STABILITY_DOC.lstrip("\n") + "\n")
+    return fn
+
+
+@_stability_doc
 def relative_input_stability(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor,
                              *, method, samples: int = 10, radius: float = 0.02, perturb=None,
                              method_options=None, key=None, chunk_size: int | None = None) -> torch.Tensor:
@@ -321,7 +321,7 @@ def relative_input_stability(model_fn, params, x: torch.Tensor, target: TargetLi
 
     .. math:: \\mathrm{RIS}(x) = \\max_{x'} \\frac{\\lVert (\\Phi(x) - \\Phi(x')) / \\Phi(x) \\rVert_2}
               {\\max(\\lVert (x - x') / x \\rVert_2, \\epsilon_{min})}
-    """ + _STABILITY_DOC + """
+    {stability}
 
     Returns:
         ``[B]`` (lower is better).
@@ -338,6 +338,7 @@ def relative_input_stability(model_fn, params, x: torch.Tensor, target: TargetLi
                       denominator=denominator)
 
 
+@_stability_doc
 def relative_output_stability(model_fn, params, x: torch.Tensor, target: TargetLike, attribution: torch.Tensor,
                               *, method, samples: int = 10, radius: float = 0.02, perturb=None,
                               method_options=None, key=None, chunk_size: int | None = None) -> torch.Tensor:
@@ -347,7 +348,7 @@ def relative_output_stability(model_fn, params, x: torch.Tensor, target: TargetL
               {\\max(\\lVert h(x) - h(x') \\rVert_2, \\epsilon_{min})}
 
     with :math:`h` the logits (Quantus scores softmax probabilities unless called with ``softmax=False``).
-    """ + _STABILITY_DOC + """
+    {stability}
 
     Returns:
         ``[B]`` (lower is better).
@@ -364,6 +365,7 @@ def relative_output_stability(model_fn, params, x: torch.Tensor, target: TargetL
                       denominator=denominator)
 
 
+@_stability_doc
 def relative_representation_stability(model_fn, params, x: torch.Tensor, target: TargetLike,
                                       attribution: torch.Tensor, *, method, layer=None, samples: int = 10,
                                       radius: float = 0.02, perturb=None, method_options=None, key=None,
@@ -375,7 +377,7 @@ def relative_representation_stability(model_fn, params, x: torch.Tensor, target:
 
     with :math:`L` the output of ``layer`` (a dotted module name, or a list whose outputs are flattened and
     concatenated, as Quantus's ``layer_names``; ``None``: the last spatial layer, as the CAMs pick).
-    """ + _STABILITY_DOC + """
+    {stability}
         layer: the representation :math:`L`.
 
     Returns:
